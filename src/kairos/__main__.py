@@ -1,0 +1,5 @@
+"""Allow `python3 -m kairos`."""
+
+from kairos.cli import main
+
+raise SystemExit(main())

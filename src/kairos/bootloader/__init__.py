@@ -1,0 +1,1 @@
+"""bootloader part of kairos-py."""

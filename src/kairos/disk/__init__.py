@@ -1,0 +1,1 @@
+"""disk part of kairos-py."""

@@ -1,0 +1,1 @@
+"""image part of kairos-py."""

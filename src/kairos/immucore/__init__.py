@@ -1,0 +1,1 @@
+"""immucore part of kairos-py."""

@@ -1,0 +1,1 @@
+"""stages part of kairos-py."""

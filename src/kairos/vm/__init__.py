@@ -1,0 +1,1 @@
+"""vm part of kairos-py."""

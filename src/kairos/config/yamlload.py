@@ -59,10 +59,7 @@ class Document:
 
 def has_header(text: str) -> bool:
     """Upstream's rule: one of the first 10 lines is exactly a known header."""
-    for line in text.splitlines()[:10]:
-        if line.strip() in HEADERS:
-            return True
-    return False
+    return any(line.rstrip() in HEADERS for line in text.splitlines()[:10])
 
 
 def _expanded_size(root: yaml.Node, source: str) -> int:

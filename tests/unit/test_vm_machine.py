@@ -1,0 +1,115 @@
+"""Machine's console waits and SSH command line, against a console file and a fake process."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kairos.vm.qemu import Accel, Machine, MachineSpec, VMError
+
+
+class FakeProc:
+    """Stands in for the QEMU process: running until `code` is set."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.pid = -1
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+@pytest.fixture
+def machine(tmp_path: Path, recorded_commands: list[tuple[str, ...]]) -> Machine:
+    raw = tmp_path / "k.raw"
+    raw.write_bytes(b"\0" * 70000)
+    echo = io.StringIO()
+    m = Machine(
+        MachineSpec(artifact=raw, accel=Accel.TCG, ssh_port=2201),
+        workdir=tmp_path / "w",
+        echo=echo,
+    )
+    m.prepare()
+    m._proc = FakeProc()  # type: ignore[assignment]
+    return m
+
+
+def _append(m: Machine, data: bytes) -> None:
+    with m.serial_log.open("ab") as f:
+        f.write(data)
+
+
+def test_wait_for_matches_in_order_and_moves_past_each_match(machine: Machine) -> None:
+    _append(machine, b"Linux version 6.1\r\nkairos login: ")
+    assert machine.wait_for(r"Linux version (\S+)", timeout=1).group(1) == "6.1"
+    assert machine.wait_for(r"login: ?$", timeout=1)
+    # The same prompt is not found twice: a second wait needs a second prompt.
+    with pytest.raises(VMError, match="did not appear on the console within 1 s"):
+        machine.wait_for(r"login: ?$", timeout=1)
+    _append(machine, b"\r\nkairos login: ")
+    assert machine.wait_for(r"login: ?$", timeout=1)
+
+
+def test_wait_for_sees_text_that_arrives_later(machine: Machine) -> None:
+    def later() -> None:
+        time.sleep(1)
+        _append(machine, b"\x1b[0;32m  OK  \x1b[0m] Reached target multi-user\r\n")
+
+    t = threading.Thread(target=later)
+    t.start()
+    start = time.monotonic()
+    assert machine.wait_for(r"\] Reached target multi-user$", timeout=10)
+    t.join()
+    assert 0.9 < time.monotonic() - start < 5
+
+
+def test_timeout_error_shows_the_console_tail(machine: Machine) -> None:
+    _append(machine, b"Kernel panic - not syncing: VFS\r\n")
+    with pytest.raises(VMError) as err:
+        machine.wait_for("login:", timeout=0.5)
+    assert err.value.hint is not None
+    assert "Kernel panic - not syncing: VFS" in err.value.hint
+    assert str(machine.serial_log) in err.value.hint
+
+
+def test_a_stopped_vm_fails_the_wait_at_once(machine: Machine) -> None:
+    machine._proc.code = 1  # type: ignore[union-attr]
+    (machine.workdir / "qemu.log").write_text("qemu: could not open disk image\n")
+    start = time.monotonic()
+    with pytest.raises(VMError, match="stopped before") as err:
+        machine.wait_for("login:", timeout=60)
+    assert time.monotonic() - start < 5
+    assert "could not open disk image" in (err.value.hint or "")
+
+
+def test_console_is_echoed_once(machine: Machine) -> None:
+    _append(machine, b"one\r\n")
+    machine.wait_for("one", timeout=1)
+    _append(machine, b"two\r\n")
+    machine.wait_for("two", timeout=1)
+    assert isinstance(machine.echo, io.StringIO)
+    assert machine.echo.getvalue() == "one\ntwo\n"
+
+
+def test_ssh_uses_sshpass_from_the_environment_not_argv(
+    machine: Machine, recorded_commands: list[tuple[str, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen_env: list[dict[str, str]] = []
+
+    def fake(argv: tuple[str, ...], **kw: object) -> tuple[int, bytes, bytes]:
+        recorded_commands.append(tuple(argv))
+        seen_env.append(dict(kw["env"]))  # type: ignore[call-overload]
+        return 0, b"ok\n", b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    result = machine.ssh("cat /proc/cmdline")
+    assert result.stdout == "ok\n"
+    argv = recorded_commands[-1]
+    assert argv[:5] == ("sshpass", "-e", "ssh", "-p", "2201")
+    assert argv[-2:] == ("kairos@127.0.0.1", "cat /proc/cmdline")
+    assert "kairos" not in argv[:-2]  # the password never shows in argv
+    assert seen_env[-1]["SSHPASS"] == "kairos"

@@ -117,6 +117,9 @@ def _type_hint(kinds: Sequence[str], value: object) -> str | None:
         return "quote the value so YAML keeps it as text"
     if "integer" in kinds and isinstance(value, str) and value.strip().isdigit():
         return "remove the quotes"
+    if "integer" in kinds and isinstance(value, str) and re.fullmatch(r"0o[0-7]+", value):
+        # The agent's YAML reader follows YAML 1.1 here: 0o755 is text, 0755 is octal.
+        return f"write it as 0{value[2:]}"
     if "array" in kinds and not isinstance(value, list):
         return "write it as a list, one '- item' per line"
     if "object" in kinds and isinstance(value, list):

@@ -100,13 +100,12 @@ def _tarinfo(
         info.type = tarfile.DIRTYPE
     elif stat.S_ISLNK(st.st_mode):
         info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
     elif stat.S_ISFIFO(st.st_mode):
         info.type = tarfile.FIFOTYPE
     else:
-        return None  # sockets are runtime objects, not image content
+        # Device nodes and sockets are runtime objects (devtmpfs provides /dev), and the
+        # ocifile: reader refuses device nodes by default, so they are left out.
+        return None
     return info
 
 

@@ -173,6 +173,14 @@ def check(source: Source) -> None:
             hint = "dir: takes the top of a root filesystem tree"
     elif isinstance(source, OciFileSource | OciDirSource):
         problems, hint = _image_problems(source)
+    elif isinstance(source, DebianSource):
+        from kairos.image.debian import parse_suite
+
+        try:
+            parse_suite(source.suite)
+        except KairosError as exc:
+            problems.append(exc.message.rstrip("."))
+            hint = exc.hint
     elif isinstance(source, RegistrySource):
         problems.append(f"registry {source.registry} not reachable for {source.reference}")
         hint = (

@@ -24,6 +24,21 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+def _union_into(base: list[Any], overlay: list[Any]) -> None:
+    # Hashable items (nearly all: strings, numbers) are found through a set, so a long
+    # list merged from many files stays linear; the rest are compared one by one.
+    seen = {(type(v), v) for v in base if v is None or isinstance(v, str | int | float)}
+    for item in overlay:
+        if item is None or isinstance(item, str | int | float):
+            key = (type(item), item)
+            if key in seen:
+                continue
+            seen.add(key)
+        elif any(_same(item, have) for have in base):
+            continue
+        base.append(item)
+
+
 def _merge_owned(base: Any, overlay: Any) -> Any:
     """Merge two values this module owns (fresh copies): reuses and mutates them."""
     if base is None:
@@ -42,9 +57,7 @@ def _merge_owned(base: Any, overlay: Any) -> Any:
         if isinstance(base[0], dict):
             base.extend(overlay)
         else:
-            for item in overlay:
-                if not any(_same(item, have) for have in base):
-                    base.append(item)
+            _union_into(base, overlay)
         return base
     return overlay
 

@@ -38,7 +38,18 @@ _TOKEN = re.compile(
     """,
     re.X,
 )
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
+_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    '"': '"',
+    "'": "'",
+}
 _KEYWORDS = ("if", "else", "end", "range", "with", "define", "template", "block", "break")
 
 
@@ -129,6 +140,10 @@ def _unquote(text: str) -> str:
                 except ValueError:
                     raise _Syntax(f"bad escape \\{nxt}{digits} in string") from None
                 i += 2 + width
+                continue
+            if text[i + 1 : i + 4].isdigit() and all(c in "01234567" for c in text[i + 1 : i + 4]):
+                out.append(chr(int(text[i + 1 : i + 4], 8)))  # Go's \NNN octal byte
+                i += 4
                 continue
             raise _Syntax(f"unknown escape \\{nxt} in string")
         out.append(ch)

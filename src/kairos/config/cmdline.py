@@ -16,7 +16,7 @@ from typing import Any
 
 from kairos.config.merge import merge
 
-_OWNED = ("kairos.config_url=", "kairos.config=", "cos.setup=")
+_BOOT_FLAG_PREFIXES = ("kairos.", "cos.", "rd.")
 _SEGMENT = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
 _INDEX = re.compile(r"\[(\d+)\]")
 # Refuse absurd list indices so a typo like users[99999999].name cannot eat memory.
@@ -112,6 +112,10 @@ def parse(text: str, known: Iterable[str] | None = None) -> dict[str, Any]:
                 _apply(owned, payload)
             elif payload:
                 owned["config_url"] = payload.strip('"')
+        elif word.startswith(_BOOT_FLAG_PREFIXES):
+            # `kairos.reset`, `kairos.ram`...: boot switches read elsewhere, not config; the
+            # legacy `kairos:` config block would otherwise swallow them.
+            continue
         else:
             key = word.partition("=")[0].strip('"')
             top = key.split(".", 1)[0].split("[", 1)[0]

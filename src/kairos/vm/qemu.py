@@ -439,13 +439,14 @@ class Machine:
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         while True:
+            # Ask before reading: output written just before QEMU exits still counts.
+            alive = self.running()
             self._pump_echo()
-            text = self.console()
-            match = regex.search(text, self._cursor)
+            match = regex.search(self.console(), self._cursor)
             if match:
                 self._cursor = match.end()
                 return match
-            if not self.running():
+            if not alive:
                 raise VMError(
                     f"the VM stopped before /{pattern}/ appeared on its console "
                     f"(exit code {self._exit_code()}).",

@@ -1,0 +1,118 @@
+"""The VM harness itself, on a GRUB-only ISO (seconds to boot): firmware, disks, datasource.
+
+GRUB lists the devices the firmware hands it, so these tests check what QEMU really attached
+without needing a Linux guest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kairos.run import run
+from kairos.vm.qemu import Firmware, Machine, VMError
+
+pytestmark = pytest.mark.vm
+
+PROBE_CFG = """\
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+insmod iso9660
+echo "PROBE-BEGIN"
+ls
+echo ""
+if search --no-floppy --label cidata --set=ds; then echo "PROBE-CIDATA $ds"; fi
+echo "PROBE-END"
+echo "probe login: "
+sleep {sleep}
+halt
+"""
+
+
+def _probe_iso(root: Path, sleep: int) -> Path:
+    tree = root / f"tree-{sleep}"
+    (tree / "boot/grub").mkdir(parents=True)
+    (tree / "boot/grub/grub.cfg").write_text(PROBE_CFG.format(sleep=sleep))
+    iso = root / f"probe-{sleep}.iso"
+    run(["grub-mkrescue", "-o", iso, tree, "--", "-volid", "PROBE"])
+    return iso
+
+
+@pytest.fixture(scope="module")
+def probe_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _probe_iso(tmp_path_factory.mktemp("probe"), sleep=1)
+
+
+@pytest.fixture(scope="module")
+def slow_probe_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _probe_iso(tmp_path_factory.mktemp("probe"), sleep=600)
+
+
+def test_uefi_sees_the_blank_disk_and_the_cidata_datasource(
+    start_vm: Callable[..., Machine], probe_iso: Path, tmp_path: Path
+) -> None:
+    user_data = tmp_path / "user-data.yaml"
+    user_data.write_text("#cloud-config\nhostname: probe\n")
+    vm = start_vm(probe_iso, firmware=Firmware.UEFI, disk_size="1G", cloud_config=user_data)
+    devices = vm.wait_for(r"(?s)PROBE-BEGIN\n(.*?)PROBE-END", timeout=120).group(1)
+    assert "(hd0)" in devices  # the blank virtio target disk
+    assert "(cd0)" in devices  # the ISO itself
+    assert "PROBE-CIDATA cd1" in devices  # the datasource, found by its label
+    vm.wait_for(r"login: ?$", timeout=30)
+    assert vm.wait_exit(timeout=60) == 0  # GRUB's halt powers the machine off
+
+
+def test_bios_boots_the_cd_with_the_disk_attached(
+    start_vm: Callable[..., Machine], probe_iso: Path
+) -> None:
+    vm = start_vm(probe_iso, firmware=Firmware.BIOS, disk_size="1G")
+    devices = vm.wait_for(r"(?s)PROBE-BEGIN\n(.*?)PROBE-END", timeout=120).group(1)
+    assert "(hd0)" in devices and "(cd)" in devices
+    assert "PROBE-CIDATA" not in devices
+    assert vm.wait_exit(timeout=60) == 0
+
+
+def test_no_disk_means_no_hd(start_vm: Callable[..., Machine], probe_iso: Path) -> None:
+    vm = start_vm(probe_iso, firmware=Firmware.BIOS)
+    devices = vm.wait_for(r"(?s)PROBE-BEGIN\n(.*?)PROBE-END", timeout=120).group(1)
+    assert "(hd0)" not in devices
+
+
+def test_wait_for_times_out_with_the_console_in_the_error(
+    start_vm: Callable[..., Machine], slow_probe_iso: Path
+) -> None:
+    vm = start_vm(slow_probe_iso, firmware=Firmware.BIOS)
+    vm.wait_for("PROBE-END", timeout=120)
+    with pytest.raises(VMError, match="never-printed") as err:
+        vm.wait_for("never-printed", timeout=3)
+    assert "probe login:" in (err.value.hint or "")
+
+
+def test_machine_is_killed_on_exit_and_poweroff_has_a_deadline(slow_probe_iso: Path) -> None:
+    from tests.vm.conftest import booted
+
+    with booted("harness-kill", slow_probe_iso, firmware=Firmware.BIOS) as vm:
+        vm.wait_for("PROBE-END", timeout=120)
+        # GRUB answers neither SSH nor ACPI: poweroff must give up at its deadline and kill.
+        start = time.monotonic()
+        with pytest.raises(VMError, match="did not power off"):
+            vm.poweroff(timeout=6)
+        assert time.monotonic() - start < 60
+        assert not vm.running()
+    log = vm.serial_log
+    assert log.exists() and "PROBE-END" in log.read_text()
+
+
+def test_context_exit_kills_a_running_vm(slow_probe_iso: Path) -> None:
+    from tests.vm.conftest import booted
+
+    with booted("harness-exit", slow_probe_iso, firmware=Firmware.BIOS) as vm:
+        vm.wait_for("PROBE-END", timeout=120)
+        pid = vm._proc.pid if vm._proc else -1
+        assert vm.running()
+    assert not vm.running()
+    assert not Path(f"/proc/{pid}").exists()

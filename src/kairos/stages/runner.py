@@ -1,0 +1,226 @@
+"""Run a stage: its `.before`, itself and `.after`, each as an ordered graph of steps.
+
+Order is yip's: sources in path order, files in lexical order, steps in file order; a
+step without `after:` follows the one before it, a step with `after:` follows the named
+ones (`<file name|path>.<step name|index>`). Conditions are checked first (a failed one
+skips the step); then each plug-in runs in the fixed order. Non-strict: an error is
+reported and the run goes on; strict: the first error stops the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kairos.context import Context
+from kairos.errors import KairosError
+from kairos.stages.conditions import skip_reason
+from kairos.stages.model import SUB_STAGE_SUFFIXES, StageFile, Step
+
+log = logging.getLogger("kairos.stages")
+
+
+@dataclass(frozen=True)
+class Op:
+    step: Step
+    deps: tuple[str, ...]  # op names this one waits for
+    layer: int  # 1-based depth in the graph, as `--analyze` prints it
+
+    @property
+    def name(self) -> str:
+        return self.step.op_name
+
+
+@dataclass(frozen=True)
+class Plan:
+    stage: str
+    ops: tuple[Op, ...] = ()
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class Report:
+    """What a run did; `errors` holds every failure as `stage: op: plug-in: message`."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def sub_stages(stage: str) -> tuple[str, ...]:
+    return tuple(stage + suffix for suffix in SUB_STAGE_SUFFIXES)
+
+
+def plan_stage(files: Sequence[StageFile], stage: str) -> Plan:
+    """Order the steps of `stage` across all files (a stable topological sort)."""
+    steps = [step for f in files for step in f.stages.get(stage, ())]
+    if not steps:
+        return Plan(stage)
+    warnings: list[str] = []
+    by_name: dict[str, list[int]] = {}
+    for i, step in enumerate(steps):
+        if step.op_name in by_name:
+            warnings.append(f"{step.where}: step name {step.op_name!r} is used more than once")
+        by_name.setdefault(step.op_name, []).append(i)
+    deps: list[set[int]] = []
+    dep_names: list[tuple[str, ...]] = []
+    for i, step in enumerate(steps):
+        wanted: set[int] = set()
+        if step.after:
+            for name in step.after:
+                if name in by_name:
+                    wanted.update(j for j in by_name[name] if j != i)
+                else:
+                    warnings.append(f"{step.where}: {step.op_name}: after {name!r}: no such step")
+        elif i > 0:
+            wanted.add(i - 1)
+        deps.append(wanted)
+        dep_names.append(tuple(dict.fromkeys(steps[j].op_name for j in sorted(wanted))))
+    # Kahn's algorithm, always taking the earliest ready step: file order unless `after:` says.
+    waiting = [len(d) for d in deps]
+    users: list[list[int]] = [[] for _ in steps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    layer = [1] * len(steps)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            layer[u] = max(layer[u], layer[i] + 1)
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    problems: list[str] = []
+    if len(order) < len(steps):
+        stuck = sorted(set(range(len(steps))) - set(order))
+        names = ", ".join(steps[i].op_name for i in stuck)
+        problems.append(f"stage {stage}: `after:` cycle between {names}; those steps do not run")
+    ops = tuple(Op(steps[i], dep_names[i], layer[i]) for i in order)
+    return Plan(stage, ops, tuple(problems), tuple(warnings))
+
+
+def _wanted(step: Step) -> list[str]:
+    from kairos.stages.steps import plugins
+
+    return [p.name for p in plugins() if p.wanted(step)]
+
+
+def describe(plan: Plan, ctx: Context) -> list[str]:
+    """The `--analyze` text of one sub-stage: layers of ops, what each would do, and why not."""
+    if not plan.ops and not plan.problems:
+        return [f"{plan.stage}: nothing to run"]
+    lines = [f"{plan.stage}:"]
+    current = 0
+    for op in plan.ops:
+        if op.layer != current:
+            current = op.layer
+            lines.append(f" {current}.")
+        step = op.step
+        parts = []
+        for name in _wanted(step):
+            parts.append(name if name not in step.unsupported else f"{name} (not supported yet)")
+        line = f"  <{op.name}> {', '.join(parts) or 'no actions'}"
+        if op.deps:
+            line += f" (after: {', '.join(op.deps)})"
+        conds = step.conditions.describe()
+        if conds:
+            line += f" [if {'; '.join(conds)}]"
+        if step.problems:
+            line += " (invalid: not run)"
+        else:
+            try:
+                reason = skip_reason(step.conditions, ctx, run_if=False)
+            except ValueError as exc:
+                reason = str(exc)
+            if reason:
+                line += f" (skipped: {reason})"
+        lines.append(line)
+    lines.extend(f" problem: {p}" for p in plan.problems)
+    lines.extend(f" warning: {w}" for w in plan.warnings)
+    return lines
+
+
+def analyze(ctx: Context, stage: str, files: Sequence[StageFile]) -> tuple[list[str], list[str]]:
+    """(text lines, problems) for `run-stage --analyze`: nothing is run or written."""
+    lines: list[str] = []
+    problems = [p for f in files for p in f.problems]
+    for f in files:
+        lines.extend(f"warning: {w}" for w in f.warnings)
+    for sub in sub_stages(stage):
+        plan = plan_stage(files, sub)
+        problems.extend(plan.problems)
+        lines.extend(describe(plan, ctx))
+    lines.extend(f"problem: {p}" for p in problems)
+    return lines, problems
+
+
+def _fail(report: Report, strict: bool, message: str) -> None:
+    report.errors.append(message)
+    log.error("%s", message)
+    if strict:
+        raise KairosError(f"{message.rstrip('.')}.", hint="strict mode stops at the first error")
+
+
+def apply_step(ctx: Context, stage: str, step: Step, report: Report, strict: bool) -> None:
+    """Conditions, then every wanted plug-in in order; errors go to the report."""
+    from kairos.stages.steps import plugins
+
+    if step.problems:
+        for p in step.problems:
+            _fail(report, strict, f"{stage}: {step.op_name}: {p}")
+        return
+    try:
+        reason = skip_reason(step.conditions, ctx)
+    except (ValueError, KairosError) as exc:
+        _fail(report, strict, f"{stage}: {step.op_name}: condition: {exc}")
+        return
+    if reason:
+        log.info("%s: %s skipped: %s", stage, step.op_name, reason)
+        report.skipped.append(step.op_name)
+        return
+    log.info("%s: running %s", stage, step.op_name)
+    for plugin in plugins():
+        if not plugin.wanted(step):
+            continue
+        try:
+            plugin.apply(step, ctx)
+        except (KairosError, OSError) as exc:
+            text = exc.message if isinstance(exc, KairosError) else str(exc)
+            _fail(report, strict, f"{stage}: {step.op_name}: {plugin.name}: {text}")
+    report.ran.append(step.op_name)
+
+
+def run_stage(ctx: Context, stage: str, files: Sequence[StageFile], strict: bool = False) -> Report:
+    """Run `stage.before`, `stage` and `stage.after` over all files."""
+    from kairos.log import Progress
+
+    report = Report()
+    for f in files:
+        report.warnings.extend(f.warnings)
+        for w in f.warnings:
+            log.warning("%s", w)
+        if f.problems and not f.stages:
+            for p in f.problems:
+                _fail(report, strict, f"{stage}: {f.source}: {p}")
+    progress = Progress(quiet=not ctx.debug)
+    for sub in sub_stages(stage):
+        plan = plan_stage(files, sub)
+        for w in plan.warnings:
+            log.warning("%s", w)
+        report.warnings.extend(plan.warnings)
+        for p in plan.problems:
+            _fail(report, strict, p)
+        if not plan.ops:
+            continue
+        with progress.step(f"stage {sub}"):
+            for op in plan.ops:
+                apply_step(ctx, sub, op.step, report, strict)
+    return report

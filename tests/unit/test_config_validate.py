@@ -503,3 +503,46 @@ def test_validation_never_crashes(data: dict[str, object], strict: bool) -> None
 )
 def test_step_validation_never_crashes(step: dict[str, object]) -> None:
     validate_documents([Document({"stages": {"boot": [step]}}, "fuzz.yaml", {})])
+
+
+def test_after_cycles_are_errors() -> None:
+    report = run(
+        "name: c\nstages:\n  boot:\n"
+        "    - name: a\n      after: [{name: c.b}]\n      commands: [x]\n"
+        "    - name: b\n      after: [{name: c.a}]\n      commands: [y]\n"
+        "    - name: d\n      after: [{name: c.a}]\n      commands: [z]\n"
+    )
+    assert paths(report.errors) == ["stages.boot[0].after[0].name", "stages.boot[1].after[0].name"]
+    assert "wait for each other" in report.errors[0].message
+
+
+def test_after_to_an_ambiguous_name_warns() -> None:
+    report = run(
+        "name: c\nstages:\n  boot:\n"
+        "    - name: same\n      commands: [x]\n"
+        "    - name: same\n      commands: [y]\n"
+        "    - after: [{name: c.same}]\n      commands: [z]\n"
+    )
+    assert report.valid
+    assert paths(report.warnings) == ["stages.boot[2].after[0].name"]
+
+
+def test_duplicate_step_names_alone_are_fine() -> None:
+    # Upstream's raw-image example names two steps "Repart image"; only `after:` cares.
+    body = "stages:\n  boot:\n    - {name: r, commands: [x]}\n    - {name: r, commands: [y]}\n"
+    report = run(body)
+    assert report.valid and report.warnings == ()
+
+
+def test_config_url_scheme() -> None:
+    assert run("config_url: https://example.com/c.yaml\n").warnings == ()
+    assert paths(run("config_url: example.com/c.yaml\n").warnings) == ["config_url"]
+
+
+def test_empty_device_means_auto() -> None:
+    assert run("install:\n  device: ''\n").valid
+
+
+def test_type_errors_fall_back_to_the_description_as_hint() -> None:
+    report = run("stages:\n  boot:\n    - files: [{path: /a, owner: root}]\n")
+    assert [p.hint for p in report.errors] == ["user id; use owner_string for a name"]

@@ -131,7 +131,10 @@ def check(value: object, schema: Mapping[str, Any], path: Path_ = ()) -> list[Fi
     """Every finding for `value` against `schema`."""
     kinds = _kinds(schema)
     if kinds is not None and not any(_type_ok(value, k) for k in kinds):
-        return [_type_finding(value, kinds, path)]
+        finding = _type_finding(value, kinds, path)
+        if finding.hint is None and schema.get("description"):
+            finding = Finding(path, finding.message, schema["description"], finding.severity)
+        return [finding]
     out: list[Finding] = []
     if "enum" in schema and value is not None and not is_template(value):
         out.extend(_check_enum(value, schema["enum"], path))

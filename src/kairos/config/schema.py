@@ -11,7 +11,6 @@ reported as warnings, not errors (`additionalProperties: false` is read as "warn
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,7 +109,7 @@ def scalar(description: str = "") -> Schema:
 
 def nullable(schema: Schema) -> Schema:
     """Also accept `null`: an empty YAML value decodes to the zero value upstream."""
-    out = copy.deepcopy(schema)
+    out = dict(schema)  # only the top level changes; helpers build fresh fragments
     kind = out.get("type")
     if isinstance(kind, str):
         out["type"] = [kind, "null"] if kind != "null" else kind
@@ -158,6 +157,10 @@ def enum(values: Sequence[str], description: str = "") -> Schema:
 
 def _permissions() -> Schema:
     return integer("file mode, written in octal (0644)")
+
+
+def _owner(what: str) -> Schema:
+    return integer(f"{what} id; use owner_string for a name")
 
 
 def _grub_options() -> Schema:
@@ -239,8 +242,8 @@ def _file_entry(cloud_init: bool) -> Schema:
     else:
         props.update(
             permissions=_permissions(),
-            owner=integer("owner uid"),
-            group=integer("group gid"),
+            owner=_owner("user"),
+            group=_owner("group"),
             owner_string=string("owner as USER or USER:GROUP"),
         )
     return obj(props, "a file to write", required=("path",))
@@ -280,8 +283,8 @@ def _step() -> Schema:
                         "path": string(),
                         "url": string(),
                         "permissions": _permissions(),
-                        "owner": integer(),
-                        "group": integer(),
+                        "owner": _owner("user"),
+                        "group": _owner("group"),
                         "owner_string": string(),
                         "timeout": integer("seconds"),
                     },
@@ -311,8 +314,8 @@ def _step() -> Schema:
                     {
                         "path": string(),
                         "permissions": _permissions(),
-                        "owner": integer(),
-                        "group": integer(),
+                        "owner": integer("user id"),
+                        "group": integer("group id"),
                     },
                     required=("path",),
                 )
@@ -399,8 +402,8 @@ def _install() -> Schema:
         {
             "auto": boolean("install without pairing"),
             "device": string(
-                "target disk: auto, /dev/..., /dev/disk/by-*/..., or script://COMMAND",
-                pattern="^(auto|/dev/.+|script://.+)$",
+                "target disk: auto (or empty), /dev/..., /dev/disk/by-*/..., or script://COMMAND",
+                pattern="^(|auto|/dev/.+|script://.+)$",
             ),
             "reboot": boolean("reboot when done"),
             "poweroff": boolean("power off when done"),

@@ -14,6 +14,7 @@ import difflib
 import gzip
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,9 @@ def check_documents(docs: Sequence[Document]) -> list[Located]:
         out.extend(_check_grub_options(index, ("grub_options",), _map(data.get("grub_options"))))
         out.extend(_check_root_files(index, data))
         out.extend(_check_stages(index, data))
+        url = _text(data.get("config_url"))
+        if url and not re.match(r"^(https?|file)://", url):
+            out.append(_warn(index, ("config_url",), f"{url!r} is not an http, https or file URL"))
         hostname = _text(data.get("hostname"))
         if hostname is not None and not _HOSTNAME.match(hostname):
             out.append(
@@ -386,15 +390,19 @@ def _check_users(docs: Sequence[Document]) -> Iterator[Located]:
                 seen[name] = (d, i)
 
 
-def _op_names(docs: Sequence[Document]) -> dict[str, set[str]]:
+def _op_names(docs: Sequence[Document]) -> dict[str, Counter[str]]:
     """Per stage, the names `after:` can use: `<config name or source>.<step name or index>`."""
-    names: dict[str, set[str]] = {}
+    names: dict[str, Counter[str]] = {}
     for doc in docs:
         root = _root_name(doc)
         for stage, i, step in _steps(_map(doc.data)):
-            step_name = step.get("name")
-            names.setdefault(stage, set()).add(f"{root}.{step_name if step_name else i}")
+            names.setdefault(stage, Counter())[_op_name(root, step, i)] += 1
     return names
+
+
+def _op_name(root: str, step: Mapping[str, Any], index: int) -> str:
+    name = step.get("name")
+    return f"{root}.{name if name else index}"
 
 
 def _root_name(doc: Document) -> str:
@@ -405,12 +413,14 @@ def _root_name(doc: Document) -> str:
 def _check_after(docs: Sequence[Document]) -> Iterator[Located]:
     known = _op_names(docs)
     roots = {_root_name(doc) for doc in docs}
+    edges: list[tuple[str, str, str, int, Path_]] = []
     for d, doc in enumerate(docs):
         root = _root_name(doc)
+        prefix = root + "."
         for stage, i, step in _steps(_map(doc.data)):
-            own = f"{root}.{step.get('name') or i}"
-            prefix = root + "."
-            bare = {n.removeprefix(prefix): n for n in known.get(stage, ()) if n.startswith(prefix)}
+            own = _op_name(root, step, i)
+            names = known.get(stage, Counter())
+            bare = {n.removeprefix(prefix): n for n in names if n.startswith(prefix)}
             for j, dep in enumerate(_list(step.get("after"))):
                 ref = _text(_map(dep).get("name"))
                 if ref is None:
@@ -418,8 +428,15 @@ def _check_after(docs: Sequence[Document]) -> Iterator[Located]:
                 path: Path_ = ("stages", stage, i, "after", j, "name")
                 if ref == own:
                     yield _err(d, path, f"step '{own}' waits for itself")
-                elif ref in known.get(stage, ()):
-                    continue
+                elif ref in names:
+                    edges.append((stage, own, ref, d, path))
+                    if names[ref] > 1:
+                        yield _warn(
+                            d,
+                            path,
+                            f"{names[ref]} steps are named {ref!r} in stage '{stage}'",
+                            "give the steps distinct names",
+                        )
                 elif ref in bare:
                     yield _err(
                         d,
@@ -432,9 +449,7 @@ def _check_after(docs: Sequence[Document]) -> Iterator[Located]:
                         d,
                         path,
                         f"no step named {ref!r} in stage '{stage}'",
-                        "known: " + ", ".join(sorted(known.get(stage, ())))
-                        if known.get(stage)
-                        else None,
+                        "known: " + ", ".join(sorted(names)) if names else None,
                     )
                 else:
                     # It may name a step of a config that lives elsewhere on the node.
@@ -444,6 +459,27 @@ def _check_after(docs: Sequence[Document]) -> Iterator[Located]:
                         f"no step named {ref!r} in stage '{stage}' of the given configs",
                         "names are <config name or file>.<step name>",
                     )
+    yield from _check_cycles(edges)
+
+
+def _check_cycles(edges: Sequence[tuple[str, str, str, int, Path_]]) -> Iterator[Located]:
+    """An `after:` edge whose target waits, directly or not, for its source never runs."""
+    graph: dict[tuple[str, str], set[str]] = {}
+    for stage, src, dst, _, _ in edges:
+        graph.setdefault((stage, src), set()).add(dst)
+    for stage, src, dst, d, path in edges:
+        seen: set[str] = set()
+        todo = [dst]
+        while todo:
+            node = todo.pop()
+            if node == src:
+                yield _err(
+                    d, path, f"'{src}' and '{dst}' wait for each other", "remove one `after:`"
+                )
+                break
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get((stage, node), ()))
 
 
 def _check_ssh_hardening(docs: Sequence[Document]) -> Iterator[Located]:

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "kairos.stages.cli",
     "kairos.build.cli",
     "kairos.vm.cli",
+    "kairos.agent.cli",
 )
 
 EPILOG = """examples:

@@ -546,3 +546,20 @@ def test_empty_device_means_auto() -> None:
 def test_type_errors_fall_back_to_the_description_as_hint() -> None:
     report = run("stages:\n  boot:\n    - files: [{path: /a, owner: root}]\n")
     assert [p.hint for p in report.errors] == ["user id; use owner_string for a name"]
+
+
+def test_raw_gzip_content_as_latin1_text() -> None:
+    content = gzip.compress(b"hello").decode("latin-1")
+    doc = Document({"write_files": [{"path": "/a", "encoding": "gz", "content": content}]}, "x")
+    assert validate_documents([doc]).valid
+    doc = Document({"write_files": [{"path": "/a", "encoding": "gzip", "content": "plain"}]}, "x")
+    assert paths(validate_documents([doc]).errors) == ["write_files[0].content"]
+
+
+def test_gzip_bomb_content_is_checked_in_bounded_time() -> None:
+    member = gzip.compress(b"\0" * (8 << 20), compresslevel=9)
+    bomb = base64.b64encode(member * 64).decode()  # 512 MiB once inflated
+    start = time.perf_counter()
+    report = run(f"write_files: [{{path: /a, encoding: gz+b64, content: '{bomb}'}}]\n")
+    assert report.valid
+    assert time.perf_counter() - start < 0.5

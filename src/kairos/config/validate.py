@@ -158,7 +158,7 @@ def validate_sources(sources: Sequence[tuple[str, str]], strict: bool = False) -
                     1,
                     "(header)",
                     "no #cloud-config header in the first 10 lines",
-                    "the agent skips config files without one",
+                    "the agent skips such files in its config directories",
                 )
             )
     report = validate_documents(docs, strict)

@@ -8,9 +8,12 @@ report of a failing test.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,77 @@ from kairos.vm.qemu import Machine, MachineSpec
 
 LOGS = Path(__file__).resolve().parent / "logs"
 TAIL_LINES = 120
+
+# The cloud-config every VM test image embeds (ISO /config.yaml). The marker is a value no
+# default could produce, so `kairos-agent config get` proves this file was merged.
+CONFIG_MARKER = "/dev/disk/by-id/kairos-py-vm-e2e-marker"
+TEST_CLOUD_CONFIG = f"""\
+#cloud-config
+users:
+- name: kairos
+  passwd: kairos
+  groups:
+  - admin
+install:
+  device: {CONFIG_MARKER}
+"""
+
+
+@dataclass(frozen=True)
+class Built:
+    """One build of the default Debian image, shared by every VM test of the session."""
+
+    out: Path
+    iso: Path
+    raw: Path
+    config: Path
+    seconds: float
+
+
+def _build(out: Path) -> Built:
+    from kairos.build.manifest import ArtifactKind
+    from kairos.build.pipeline import BuildRequest, Format, build
+    from kairos.log import Progress
+
+    config = out.parent / "vm-test-config.yaml"
+    config.write_text(TEST_CLOUD_CONFIG)
+    start = time.monotonic()
+    manifest = build(
+        BuildRequest(
+            source="debian:bookworm",
+            output=out,
+            formats=(Format.ISO, Format.RAW),
+            cloud_config=config,
+        ),
+        Progress(),
+    )
+    return Built(
+        out=out,
+        iso=out / manifest.artifact(ArtifactKind.ISO).file,
+        raw=out / manifest.artifact(ArtifactKind.RAW).file,
+        config=config,
+        seconds=time.monotonic() - start,
+    )
+
+
+@pytest.fixture(scope="session")
+def kairos_build(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """iso + raw built once per session from debian:bookworm with TEST_CLOUD_CONFIG embedded.
+
+    KAIROS_VM_BUILD_DIR=DIR builds into DIR and reuses it while DIR holds both artifacts and
+    the same config (for re-running one VM test while debugging).
+    """
+    keep = os.environ.get("KAIROS_VM_BUILD_DIR")
+    if keep:
+        out = Path(keep) / "out"
+        config = Path(keep) / "vm-test-config.yaml"
+        iso, raw = out / "kairos.iso", out / "kairos.raw"
+        reusable = iso.exists() and raw.exists() and config.exists()
+        if reusable and config.read_text() == TEST_CLOUD_CONFIG:
+            return Built(out, iso, raw, config, 0.0)
+        out.mkdir(parents=True, exist_ok=True)
+        return _build(out)
+    return _build(tmp_path_factory.mktemp("kairos-build") / "out")
 
 
 def log_path(name: str) -> Path:
@@ -78,7 +152,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
-    if report.when != "call" or not report.failed:
+    if report.when not in ("setup", "call") or not report.failed:
         return
     for machine in _machines_of(item):
         if machine.plan is None:
@@ -89,3 +163,27 @@ def pytest_runtest_makereport(
                 machine.console_tail(TAIL_LINES),
             )
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """VM tests need QEMU and its firmware; without them they are skipped, saying why."""
+    from kairos.run import which
+
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img") if which(t) is None]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"needs {', '.join(missing)} (run 'make setup')")
+    for item in items:
+        if item.get_closest_marker("vm"):
+            item.add_marker(skip)
+
+
+# (what, seconds) figures the VM tests measured, printed at the end of the session.
+TIMINGS: list[tuple[str, float]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.section("VM timings")
+        for what, secs in TIMINGS:
+            terminalreporter.write_line(f"{secs:7.1f} s  {what}")

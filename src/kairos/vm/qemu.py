@@ -394,6 +394,10 @@ class Machine:
                 f"{qemu_log.read_text(errors='replace').strip()}."
             )
 
+    def uptime(self) -> float:
+        """Seconds since QEMU started."""
+        return time.monotonic() - self.started_at
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

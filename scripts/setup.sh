@@ -9,6 +9,7 @@ APT_PACKAGES=(
   mmdebstrap squashfs-tools xorriso mtools dosfstools e2fsprogs fdisk gdisk zstd cpio rsync
   grub-efi-amd64-bin grub-pc-bin dracut-core
   openssh-client
+  sshpass
 )
 
 missing=()

@@ -563,3 +563,16 @@ def test_gzip_bomb_content_is_checked_in_bounded_time() -> None:
     report = run(f"write_files: [{{path: /a, encoding: gz+b64, content: '{bomb}'}}]\n")
     assert report.valid
     assert time.perf_counter() - start < 0.5
+
+
+def test_grub_options_typos_warn_other_variables_pass() -> None:
+    report = run("install:\n  grub_options:\n    extra_cmdlin: quiet\n    my_var: x\n")
+    assert report.valid
+    assert paths(report.warnings) == ["install.grub_options.extra_cmdlin"]
+    assert report.warnings[0].hint == "did you mean 'extra_cmdline'?"
+
+
+def test_null_stage_and_map_values_are_unset() -> None:
+    report = run("stages:\n  boot:\n")
+    assert report.valid and report.warnings == ()
+    assert run("stages:\n  boot:\n    - sysctl:\n        vm.swappiness:\n").valid

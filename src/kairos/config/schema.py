@@ -135,8 +135,8 @@ def obj(
 
 
 def map_of(values: Schema, description: str = "") -> Schema:
-    """A map with free keys (user names, sysctl keys...) and typed values."""
-    return _with({"type": "object", "additionalProperties": values}, description, {})
+    """A map with free keys (user names, sysctl keys...) and typed values; null is unset."""
+    return _with({"type": "object", "additionalProperties": nullable(values)}, description, {})
 
 
 def passthrough(description: str, kinds: Sequence[str] = ("object",)) -> Schema:
@@ -164,10 +164,14 @@ def _owner(what: str) -> Schema:
 
 
 def _grub_options() -> Schema:
-    return obj(
+    # The agent writes every key into the GRUB environment, so other keys are not ignored:
+    # they are typed here, and only likely typos of the known ones warn (semantic tier).
+    schema = obj(
         {key: string() for key in GRUB_OPTION_KEYS},
         "GRUB environment variables written to /oem/grubenv",
     )
+    schema["additionalProperties"] = nullable(scalar())
+    return schema
 
 
 def _image() -> Schema:
@@ -556,5 +560,7 @@ def json_schema() -> Schema:
         "$schema": DRAFT,
         "$id": "https://kairos.io/cloud-config.json",
         "title": "Kairos cloud-config",
+        "$comment": "kairos-agent validate reports keys outside `properties` as warnings; "
+        "`null` stands for an unset value, as in upstream's decoder.",
         **root,
     }

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kairos.config.jsonschema_lite import Finding, Path_, Severity, is_template
-from kairos.config.schema import KNOWN_STAGES
+from kairos.config.schema import GRUB_OPTION_KEYS, KNOWN_STAGES
 from kairos.config.yamlload import Document
 
 FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "fat", "swap", "none"})
@@ -208,6 +208,15 @@ def _check_fs(doc: int, path: Path_, fs: object) -> Iterator[Located]:
 
 
 def _check_grub_options(doc: int, path: Path_, options: Mapping[str, Any]) -> Iterator[Located]:
+    for key in options:
+        close = difflib.get_close_matches(str(key), GRUB_OPTION_KEYS, n=1, cutoff=0.8)
+        if str(key) not in GRUB_OPTION_KEYS and close:
+            yield _warn(
+                doc,
+                (*path, str(key)),
+                f"'{key}' is not a variable the boot menu reads",
+                f"did you mean '{close[0]}'?",
+            )
     for key in ("next_entry", "saved_entry"):
         value = _text(options.get(key))
         if value and value not in GRUB_ENTRIES:

@@ -116,3 +116,20 @@ def test_context_exit_kills_a_running_vm(slow_probe_iso: Path) -> None:
         assert vm.running()
     assert not vm.running()
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_taken_ssh_port_is_reported_at_start(probe_iso: Path) -> None:
+    import socket
+
+    from tests.vm.conftest import booted
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (
+            pytest.raises(VMError, match=f"host forwarding rule 'tcp:127.0.0.1:{port}-:22'") as err,
+            booted("harness-port", probe_iso, firmware=Firmware.BIOS, ssh_port=port),
+        ):
+            pass
+    assert err.value.hint == "choose another --ssh-port"

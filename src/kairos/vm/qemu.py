@@ -378,20 +378,28 @@ class Machine:
     def start(self) -> None:
         """Start QEMU in the background (its own session, so Ctrl-C reaches us first)."""
         plan = self.plan or self.prepare()
-        argv = qemu_argv(plan)
         qemu_log = self.workdir / "qemu.log"
-        with qemu_log.open("wb") as out:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-            )
-        self.started_at = time.monotonic()
-        (self.workdir / "qemu.argv").write_text(" ".join(argv) + "\n")
-        # QEMU fails fast on a bad option or a locked image: report that instead of a timeout.
-        time.sleep(0.3)
-        if self._proc.poll() is not None:
+        for attempt in range(3):
+            argv = qemu_argv(plan)
+            with qemu_log.open("wb") as out:
+                self._proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                )
+            self.started_at = time.monotonic()
+            (self.workdir / "qemu.argv").write_text(" ".join(argv) + "\n")
+            # QEMU fails fast on a bad option or a locked image: report that, not a timeout.
+            time.sleep(0.5)
+            if self._proc.poll() is None:
+                return
+            said = qemu_log.read_text(errors="replace").strip()
+            # A port picked free a moment ago can be taken since; pick another one.
+            if "host forwarding" in said and not self.spec.ssh_port and attempt < 2:
+                plan = self.plan = replace(plan, ssh_port=free_port())
+                continue
+            hint = "choose another --ssh-port" if "host forwarding" in said else None
             raise VMError(
-                f"QEMU exited at start with code {self._proc.returncode}: "
-                f"{qemu_log.read_text(errors='replace').strip()}."
+                f"QEMU exited at start with code {self._proc.returncode}: {said.rstrip('.')}.",
+                hint=hint,
             )
 
     def uptime(self) -> float:

@@ -24,7 +24,7 @@ H = "#cloud-config\n"
 @pytest.fixture(autouse=True)
 def _fixed_random(monkeypatch: pytest.MonkeyPatch) -> None:
     # `.Random` differs per run; fix it so two runs can be compared.
-    monkeypatch.setattr("kairos.config.template._random_string", lambda n=32: "R" * n)
+    monkeypatch.setattr("kairos.config.template.random_string", lambda n=32: "R" * n)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

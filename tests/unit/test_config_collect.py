@@ -131,6 +131,15 @@ def test_templates_render_per_file_with_node_values(tmp_path: Path) -> None:
     assert result.merged == {"hostname": "kairoslab-c0ff", "name": "32"}
 
 
+def test_each_file_gets_its_own_random(tmp_path: Path) -> None:
+    write(tmp_path, "/oem/a.yaml", H + "a: '{{ .Random }}'\nsame: '{{ .Random }}'\n")
+    write(tmp_path, "/oem/b.yaml", H + "b: '{{ .Random }}'\n")
+    merged = collect(ctx_for(tmp_path), cmdline="").merged
+    assert merged["a"] == merged["same"]  # one render, one value
+    assert merged["a"] != merged["b"]
+    assert len(merged["a"]) == 32
+
+
 def test_lines_are_those_of_the_source_file(tmp_path: Path) -> None:
     write(tmp_path, "/oem/a.yaml", H + "# comment\ninstall:\n  device: /dev/vda\n")
     doc = collect(ctx_for(tmp_path), cmdline="").documents[0]

@@ -140,8 +140,10 @@ _scalar_kinds = st.sampled_from(["int", "str", "bool"])
 def _shapes() -> st.SearchStrategy[Any]:
     return st.recursive(
         _scalar_kinds,
-        lambda inner: st.tuples(st.just("list"), inner)
-        | st.tuples(st.just("map"), st.dictionaries(_keys, inner, min_size=1, max_size=3)),
+        lambda inner: (
+            st.tuples(st.just("list"), inner)
+            | st.tuples(st.just("map"), st.dictionaries(_keys, inner, min_size=1, max_size=3))
+        ),
         max_leaves=8,
     )
 

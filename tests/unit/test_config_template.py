@@ -80,6 +80,10 @@ def r(text: str) -> str:
         ("{{ with .Values.product }}{{ .uuid }}{{ end }}", "4c4c-44"),
         ("{{ $h := .Values.node.hostname }}{{ $h }}-{{ $.MachineID | trunc 2 }}", "box-01"),
         ("{{ range .Values.tags }}{{ $.Values.node.hostname }}{{ end }}", "boxbox"),
+        # and/or stop at the deciding argument, as in Go: a guard protects a missing map
+        ("{{ if and .Values.absent .Values.absent.x }}y{{ else }}n{{ end }}", "n"),
+        ("{{ or .Values.node.hostname .Values.absent.x }}", "box"),
+        ('{{ .Values.empty | or "fallback" }}', "fallback"),
     ],
 )
 def test_renders_like_go_templates(template: str, expected: str) -> None:
@@ -211,4 +215,6 @@ def test_node_values_on_an_empty_root(tmp_path: Path) -> None:
     values = node_values(Context(root=tmp_path))
     assert values["MachineID"] == ""
     assert values["Values"]["network"] == []
+    # Not the build host's name: the node under --root has none.
+    assert values["Values"]["node"]["hostname"] == ""
     assert render("x{{ trunc 4 .MachineID }}", values, "t") == "x"

@@ -69,6 +69,12 @@ class _Collector:
             self._values = node_values(self.ctx)
         return self._values
 
+    def file_values(self) -> dict[str, Any]:
+        # A fresh `.Random` per file, as each upstream render gets its own.
+        from kairos.config.template import random_string
+
+        return {**self.values(), "Random": random_string()}
+
     def skip(self, source: str, reason: str) -> None:
         log.debug("skipping %s: %s", source, reason)
         self.skipped.append((source, reason))
@@ -96,7 +102,7 @@ class _Collector:
             if "{{" in text:
                 from kairos.config.template import render
 
-                text = render(text, self.values(), source)
+                text = render(text, self.file_values(), source)
             doc = load(text, source)
         except KairosError as exc:
             self.problem(source, exc)

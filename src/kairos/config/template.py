@@ -413,11 +413,28 @@ def _call(name: str, args: list[Any], scope: _Scope) -> Any:
         raise _Syntax(f"wrong number or type of arguments for {name}") from None
 
 
+_NO_PIPE = object()
+
+
+def _short_circuit(name: str, ops: Sequence[_Operand], scope: _Scope, piped: Any) -> Any:
+    # Go stops at the first deciding argument, so `and .a .a.b` guards a missing `.a`.
+    value: Any = None
+    for op in ops:
+        value = _eval_operand(op, scope)
+        if truthy(value) == (name == "or"):
+            return value
+    if piped is not _NO_PIPE:
+        value = piped
+    return value
+
+
 def _eval_pipe(pipe: _Pipe, scope: _Scope) -> Any:
     value: Any = None
     for idx, cmd in enumerate(pipe.commands):
         head = cmd[0]
-        if isinstance(head, _Func):
+        if isinstance(head, _Func) and head.name in ("and", "or") and len(cmd) > 1:
+            value = _short_circuit(head.name, cmd[1:], scope, value if idx > 0 else _NO_PIPE)
+        elif isinstance(head, _Func):
             args = [_eval_operand(op, scope) for op in cmd[1:]]
             if idx > 0:
                 args.append(value)  # Go passes the piped value as the last argument
@@ -577,7 +594,8 @@ def _network(ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
-def _random_string(n: int = 32) -> str:
+def random_string(n: int = 32) -> str:
+    """Letters only, 32 of them by default, like yip's `.Random`."""
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return "".join(letters[b % len(letters)] for b in os.urandom(n))
 
@@ -587,7 +605,8 @@ def sysinfo(ctx: Context) -> dict[str, Any]:
     dmi = "/sys/class/dmi/id/"
     uname = os.uname()
     rel = _os_release(ctx)
-    hostname = _read(ctx, "/etc/hostname") or uname.nodename
+    # Under --root the running kernel's name would be the build host's, not the node's.
+    hostname = _read(ctx, "/etc/hostname") or (uname.nodename if ctx.is_host_root else "")
     return {
         "node": {"hostname": hostname, "machineid": _read(ctx, "/etc/machine-id")},
         "os": {
@@ -640,6 +659,6 @@ def node_values(ctx: Context) -> dict[str, Any]:
     """The template data upstream gives configs: `.MachineID`, `.Random` and `.Values`."""
     return {
         "MachineID": _read(ctx, "/etc/machine-id"),
-        "Random": _random_string(),
+        "Random": random_string(),
         "Values": sysinfo(ctx),
     }

@@ -124,3 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_red("error: interrupted."), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `kairos-agent print-schema | head`: the reader left; not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -281,8 +281,8 @@ def test_bad_permissions(mode: str) -> None:
 
 def test_permissions_in_range() -> None:
     assert run("stages:\n  boot:\n    - files: [{path: /a, permissions: 04755}]\n").valid
-    report = run("stages:\n  boot:\n    - files: [{path: /a, permissions: 0o4755}]\n")
-    assert [p.hint for p in report.errors] == ["write it as 04755"]
+    # YAML 1.2 octal, as Go's decoder reads it.
+    assert run("stages:\n  boot:\n    - files: [{path: /a, permissions: 0o4755}]\n").valid
     assert run("write_files: [{path: /a, permissions: '4755'}]\n").valid
 
 

@@ -44,6 +44,17 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+# YAML 1.2 octal (`0o755`) as Go's decoder reads it; `0755` stays octal as in YAML 1.1 and Go.
+_OCTAL_TAG = "tag:kairos-py,2026:octal"
+_Loader.add_implicit_resolver(_OCTAL_TAG, re.compile(r"^[-+]?0o[0-7_]+$"), list("-+0"))
+
+
+def _construct_octal(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    assert isinstance(node, yaml.ScalarNode)
+    return int(str(loader.construct_scalar(node)).replace("_", ""), 0)
+
+
+_Loader.add_constructor(_OCTAL_TAG, _construct_octal)
 
 
 @dataclass(frozen=True)
@@ -110,15 +121,28 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
     return size(root, 0)
 
 
+class _DuplicateKey(Exception):
+    """A mapping repeats a key: Go's decoder upstream refuses it, so do we."""
+
+
 def _record_lines(node: yaml.Node, path: Path_, out: dict[Path_, int], seen: set[int]) -> None:
     if id(node) in seen:  # an alias: its lines belong to the anchor
         return
     if isinstance(node, yaml.MappingNode):
         seen.add(id(node))
+        first: dict[str, int] = {}
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode):
+                line = k.start_mark.line + 1
+                if k.value in first and k.tag != "tag:yaml.org,2002:merge":
+                    where = ".".join(str(x) for x in (*path, k.value))
+                    raise _DuplicateKey(
+                        f"{line}:{k.start_mark.column + 1}: key {where!r} is already defined "
+                        f"on line {first[k.value]}"
+                    )
+                first[k.value] = line
                 child = (*path, str(k.value))
-                out.setdefault(child, k.start_mark.line + 1)
+                out.setdefault(child, line)
                 _record_lines(v, child, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         seen.add(id(node))
@@ -153,5 +177,13 @@ def load(text: str, source: str = "<string>") -> Document:
     finally:
         loader.dispose()
     lines: dict[Path_, int] = {(): node.start_mark.line + 1}
-    _record_lines(node, (), lines, set())
+    try:
+        _record_lines(node, (), lines, set())
+    except _DuplicateKey as exc:
+        detail = str(exc)
+        raise ConfigError(
+            f"{source}:{detail}.",
+            hint="remove or merge the repeated key",
+            problems=(f"{source}:{detail}",),
+        ) from None
     return Document(data, source, lines)

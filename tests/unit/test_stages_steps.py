@@ -324,6 +324,17 @@ def test_users_update_existing_keeps_uid(root: Path) -> None:
     )
 
 
+def test_users_rerun_keeps_matching_hash(root: Path) -> None:
+    write_config(root, "u.yaml", "stages:\n  boot:\n    - users:\n        bob: {passwd: pw}\n")
+    assert run_stage(root, "boot", "--strict") == 0
+    first = (root / "etc/shadow").read_text()
+    assert run_stage(root, "boot", "--strict") == 0
+    assert (root / "etc/shadow").read_text() == first
+    write_config(root, "u.yaml", "stages:\n  boot:\n    - users:\n        bob: {passwd: other}\n")
+    assert run_stage(root, "boot", "--strict") == 0
+    assert verify("other", _row(root, "shadow", "bob")[1])
+
+
 def test_authorized_keys_appends_without_duplicates(root: Path) -> None:
     write_config(
         root,

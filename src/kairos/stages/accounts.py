@@ -159,6 +159,8 @@ class Accounts:
     def set_password(self, name: str, hashed: str) -> None:
         row = self.shadow.find(name)
         days = str(int(time.time() // 86400))
+        if row is not None and row[1] == hashed:
+            return  # unchanged: keep the last-change date too
         if row is None:
             self.shadow.upsert([name, hashed, days, "0", "99999", "7", "", "", ""])
         else:

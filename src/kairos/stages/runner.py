@@ -9,7 +9,6 @@ reported and the run goes on; strict: the first error stops the run.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,45 +65,54 @@ def plan_stage(files: Sequence[StageFile], stage: str) -> Plan:
         if step.op_name in by_name:
             warnings.append(f"{step.where}: step name {step.op_name!r} is used more than once")
         by_name.setdefault(step.op_name, []).append(i)
-    deps: list[set[int]] = []
-    dep_names: list[tuple[str, ...]] = []
+    hard: list[set[int]] = []  # `after:` names
+    soft: list[set[int]] = []  # "follows the step before it"
     for i, step in enumerate(steps):
         wanted: set[int] = set()
-        if step.after:
-            for name in step.after:
-                if name in by_name:
-                    wanted.update(j for j in by_name[name] if j != i)
-                else:
-                    warnings.append(f"{step.where}: {step.op_name}: after {name!r}: no such step")
-        elif i > 0:
-            wanted.add(i - 1)
-        deps.append(wanted)
-        dep_names.append(tuple(dict.fromkeys(steps[j].op_name for j in sorted(wanted))))
-    # Kahn's algorithm, always taking the earliest ready step: file order unless `after:` says.
-    waiting = [len(d) for d in deps]
-    users: list[list[int]] = [[] for _ in steps]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    ready = [i for i, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
+        for name in step.after:
+            if name in by_name:
+                wanted.update(j for j in by_name[name] if j != i)
+            else:
+                warnings.append(f"{step.where}: {step.op_name}: after {name!r}: no such step")
+        hard.append(wanted)
+        soft.append({i - 1} if i > 0 and not step.after else set())
+    order, problems = _order(steps, hard, soft, stage)
+    done: set[int] = set()
     layer = [1] * len(steps)
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            layer[u] = max(layer[u], layer[i] + 1)
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    problems: list[str] = []
-    if len(order) < len(steps):
-        stuck = sorted(set(range(len(steps))) - set(order))
-        names = ", ".join(steps[i].op_name for i in stuck)
-        problems.append(f"stage {stage}: `after:` cycle between {names}; those steps do not run")
+    dep_names: list[tuple[str, ...]] = [() for _ in steps]
+    for i in order:
+        deps = sorted(j for j in hard[i] | soft[i] if j in done)
+        layer[i] = 1 + max((layer[j] for j in deps), default=0)
+        dep_names[i] = tuple(dict.fromkeys(steps[j].op_name for j in deps))
+        done.add(i)
     ops = tuple(Op(steps[i], dep_names[i], layer[i]) for i in order)
     return Plan(stage, ops, tuple(problems), tuple(warnings))
+
+
+def _order(
+    steps: Sequence[Step], hard: list[set[int]], soft: list[set[int]], stage: str
+) -> tuple[list[int], list[str]]:
+    """A stable topological order: file order, except that `after:` makes a step wait.
+
+    "Follows the step before it" is honoured unless it contradicts an `after:` (a step
+    waiting for a later one would otherwise deadlock everything behind it); only cycles
+    made of `after:` names are errors, and their steps do not run.
+    """
+    order: list[int] = []
+    done: set[int] = set()
+    pending = set(range(len(steps)))
+    while pending:
+        ready = [i for i in pending if hard[i] <= done and soft[i] <= done]
+        if not ready:
+            ready = [i for i in pending if hard[i] <= done]
+        if not ready:
+            names = ", ".join(steps[i].op_name for i in sorted(pending))
+            return order, [f"stage {stage}: `after:` cycle between {names}; those steps do not run"]
+        pick = min(ready)
+        order.append(pick)
+        done.add(pick)
+        pending.discard(pick)
+    return order, []
 
 
 def _wanted(step: Step) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from kairos.context import Context
 from kairos.errors import KairosError
 from kairos.stages.accounts import Accounts
-from kairos.stages.crypt import is_hash, sha512_crypt
+from kairos.stages.crypt import is_hash, sha512_crypt, verify
 from kairos.stages.model import Step, User
 from kairos.stages.paths import ensure_dir, read_text, rooted, write_atomic
 
@@ -33,6 +33,9 @@ def _hash(user: User, current: str | None) -> str | None:
     if user.passwd:
         if is_hash(user.passwd) or user.passwd in _LOCKED:
             hashed = user.passwd
+        elif current and verify(user.passwd, current.lstrip("!")):
+            # Boot stages run at every boot: keep the hash (and its salt) when it still matches.
+            hashed = current.lstrip("!")
         else:
             hashed = sha512_crypt(user.passwd)
     elif current is None:

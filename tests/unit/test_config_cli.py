@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kairos.cli import main
-from kairos.config.collect import collect
+from kairos.config.cli import render_config
+from kairos.config.collect import Collected, collect
 from kairos.config.yamlload import has_header, load
 from kairos.context import Context
 from tests.conftest import EXAMPLES
@@ -200,3 +203,53 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert exc.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+# Strings that a YAML reader might take for something else must come back as strings.
+_TRICKY = (
+    "0o17",
+    "yes",
+    "on",
+    "No",
+    "0x1F",
+    "1_000",
+    "0755",
+    "1e3",
+    "~",
+    "null",
+    "2024-01-01",
+    "+1",
+    ".inf",
+    "0b101",
+    "1:20",
+    "true",
+    "- a",
+    "#x",
+    "a: b",
+    "",
+    " lead",
+    "x\ny",
+)
+_tricky = st.sampled_from(_TRICKY)
+_text = st.text(
+    alphabet=st.characters(blacklist_characters="\x85\u2028\u2029", blacklist_categories=("Cs",))
+)
+_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text | _tricky
+_config = st.dictionaries(
+    _text | _tricky,
+    st.recursive(
+        _scalar,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+        max_leaves=15,
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=300)
+@given(_config)
+def test_printed_config_reloads_to_the_same_data(data: dict[str, Any]) -> None:
+    printed = render_config(Collected(documents=(), merged=data, skipped=(), warnings=()))
+    assert has_header(printed)
+    assert load(printed, "printed").data == data

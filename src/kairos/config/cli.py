@@ -102,7 +102,20 @@ def _json(value: Any) -> str:
 def _yaml(value: Any) -> str:
     import yaml
 
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    from kairos.config.yamlload import _Loader
+
+    class Dumper(yaml.SafeDumper):
+        """Quotes every string that our loader, or a YAML 1.1 reader, would not read back as
+        a string (`yes`, `0o17`), so the printed config reloads to the same data anywhere."""
+
+    resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+    for key, extra in _Loader.yaml_implicit_resolvers.items():
+        resolvers.setdefault(key, []).extend(r for r in extra if r not in resolvers[key])
+    Dumper.yaml_implicit_resolvers = resolvers
+    text: str = yaml.dump(
+        value, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+    return text
 
 
 def render_config(result: Collected) -> str:

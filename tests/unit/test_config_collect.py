@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kairos.config.collect import CONFIG_DIRS, MAX_URL_DEPTH, collect
+from kairos.config.merge import merge
 from kairos.context import Context
 from kairos.errors import ConfigError
 
@@ -46,6 +51,37 @@ def test_upstream_dir_order_then_cmdline(tmp_path: Path) -> None:
     # The command line comes last: it beats every file.
     out = collect(ctx_for(tmp_path), cmdline="kairos.config=name=from-cmdline")
     assert out.merged["name"] == "from-cmdline"
+
+
+_word = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
+_value = st.recursive(
+    st.integers(0, 9) | _word | st.booleans(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_word, inner, max_size=3),
+    max_leaves=10,
+)
+_placed = st.lists(
+    st.tuples(st.sampled_from(CONFIG_DIRS), _word, st.dictionaries(_word, _value, max_size=4)),
+    max_size=6,
+    unique_by=lambda t: (t[0], t[1]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(_placed)
+def test_merged_is_every_file_merged_in_dir_then_name_order(
+    placed: list[tuple[str, str, dict[str, object]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for directory, name, data in placed:
+            write(root, f"{directory}/{name}.yaml", H + yaml.safe_dump(data))
+        result = collect(ctx_for(root), cmdline="")
+    ordered = sorted(placed, key=lambda t: (CONFIG_DIRS.index(t[0]), t[1]))
+    assert [d.source for d in result.documents] == [f"{d}/{n}.yaml" for d, n, _ in ordered]
+    expected: dict[str, object] = {}
+    for _, _, data in ordered:
+        expected = merge(expected, data)
+    assert result.merged == expected
 
 
 def test_files_in_a_dir_in_lexical_order_subdirs_included(tmp_path: Path) -> None:

@@ -392,24 +392,38 @@ def test_cmdline_stages(root: Path) -> None:
 
 def test_cmdline_parser_shapes() -> None:
     tree, urls = loader.cmdline_config(
-        "a=b stages.x[0].commands[1]=two stages.x[0].commands[0]=one config_url=http://h/c"
+        "a=b console=ttyS0 stages.x[0].commands[1]=two stages.x[0].commands[0]=one "
+        "install.device=/dev/vda kairos.config_url=http://h/c"
     )
     assert tree == {"stages": {"x": [{"commands": ["one", "two"]}]}}
     assert urls == ["http://h/c"]
 
 
-def test_template_rendering_when_available(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+def test_stage_files_are_rendered_as_templates(root: Path) -> None:
+    write_config(
+        root,
+        "t.yaml",
+        """
+        stages:
+          initramfs:
+            - hostname: "kairos-{{ trunc 4 .Random }}"
+            - files:
+                - path: /etc/vendor
+                  content: "{{ .Values.os.vendor }}"
+        """,
+    )
+    assert run_stage(root, "initramfs", "--strict") == 0
+    name = (root / "etc/hostname").read_text().strip()
+    assert name.startswith("kairos-") and len(name) == len("kairos-") + 4
+    assert (root / "etc/vendor").read_text() == "debian"
 
-    fake = types.ModuleType("kairos.config.template")
-    fake.node_values = lambda ctx: {"name": "rendered"}  # type: ignore[attr-defined]
-    fake.render = lambda text, values, source: text.replace("{{ .name }}", values["name"])  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kairos.config.template", fake)
-    monkeypatch.setattr("kairos.config.template", fake, raising=False)
-    write_config(root, "t.yaml", "stages:\n  boot:\n    - hostname: '{{ .name }}'\n")
-    assert run_stage(root, "boot", "--strict") == 0
-    assert (root / "etc/hostname").read_text() == "rendered\n"
+
+def test_template_error_is_a_problem_with_line(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(root, "t.yaml", "stages:\n  boot:\n    - hostname: '{{ nosuchfunc 1 }}'\n")
+    assert run_stage(root, "boot", "--strict") == 1
+    assert "/oem/t.yaml" in capsys.readouterr().err
 
 
 def test_layout_refused_under_root(root: Path, capsys: pytest.CaptureFixture[str]) -> None:

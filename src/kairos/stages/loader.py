@@ -7,11 +7,8 @@ the three sub-stages (`X.before`, `X`, `X.after`) are taken from that one parse.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import re
-import shlex
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +24,6 @@ log = logging.getLogger("kairos.stages")
 DEFAULT_PATHS = ("/system/oem", "/oem", "/usr/local/cloud-config")
 MAX_FILE_BYTES = 1 << 20  # upstream skips bigger files too
 _SUFFIXES = (".yaml", ".yml")
-_INDEX = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
 
 
 def stage_paths(extra: Sequence[str] = (), override: bool = False) -> tuple[str, ...]:
@@ -36,12 +32,9 @@ def stage_paths(extra: Sequence[str] = (), override: bool = False) -> tuple[str,
 
 
 def _renderer(ctx: Context) -> Callable[[str, str], str]:
-    """Go-template rendering as yip does before parsing; plain text if rendering is absent."""
-    try:
-        from kairos.config import template  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        log.debug("kairos.config.template not available; stage files are not rendered")
-        return lambda text, source: text
+    """Go-template rendering as yip does before parsing, with a fresh `.Random` per file."""
+    from kairos.config import template
+
     values: dict[str, Any] | None = None
 
     def render(text: str, source: str) -> str:
@@ -50,7 +43,7 @@ def _renderer(ctx: Context) -> Callable[[str, str], str]:
             return text
         if values is None:
             values = template.node_values(ctx)
-        return str(template.render(text, values, source))
+        return template.render(text, {**values, "Random": template.random_string()}, source)
 
     return render
 
@@ -103,56 +96,17 @@ def _load_url(url: str, render: Callable[[str, str], str]) -> StageFile:
     return parse_text(text, url, render)
 
 
-def _set_path(tree: dict[str, Any], key: str, value: str) -> None:
-    """`stages.boot[0].commands[1]` = value into nested dicts and lists."""
-    node: Any = tree
-    parts = key.split(".")
-    steps: list[str | int] = []
-    for part in parts:
-        m = _INDEX.match(part)
-        if not m:
-            raise ValueError(key)
-        steps.append(m.group(1))
-        steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
-    for here, nxt in itertools.pairwise(steps):
-        empty: Any = [] if isinstance(nxt, int) else {}
-        if isinstance(here, int):
-            while len(node) <= here:
-                node.append(None)
-            if node[here] is None:
-                node[here] = empty
-            node = node[here]
-        else:
-            node = node.setdefault(here, empty)
-    last = steps[-1]
-    if isinstance(last, int):
-        while len(node) <= last:
-            node.append(None)
-        node[last] = value
-    else:
-        node[last] = value
-
-
 def cmdline_config(text: str) -> tuple[dict[str, Any], list[str]]:
-    """The stages written on the kernel command line, and any config URLs found there."""
-    tree: dict[str, Any] = {}
-    urls: list[str] = []
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        words = text.split()
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep:
-            continue
-        if key in ("config_url", "kairos.config_url"):
-            urls.append(value)
-        elif key.startswith("stages."):
-            try:
-                _set_path(tree, key, value)
-            except (ValueError, TypeError, AttributeError):
-                log.warning("kernel command line: cannot read %r, ignored.", word)
-    return tree, urls
+    """The stages written on the kernel command line, and the config URL found there."""
+    from kairos.config.cmdline import parse
+
+    config = parse(text)
+    stages = config.get("stages")
+    url = config.get("config_url")
+    return (
+        {"stages": stages} if isinstance(stages, dict) and stages else {},
+        [url] if isinstance(url, str) and url else [],
+    )
 
 
 def _cmdline_file(ctx: Context, render: Callable[[str, str], str]) -> list[StageFile]:

@@ -78,6 +78,7 @@ def r(text: str) -> str:
         ("{{ range $i, $n := .Values.network }}{{ $i }}:{{ $n.name }}{{ end }}", "0:eth0"),
         ("{{ range .Values.absent }}x{{ else }}none{{ end }}", "none"),
         ("{{ with .Values.product }}{{ .uuid }}{{ end }}", "4c4c-44"),
+        ("{{if\n.Values.empty}}a{{else\tif .Values.cpu}}b{{end}}", "b"),
         ("{{ $h := .Values.node.hostname }}{{ $h }}-{{ $.MachineID | trunc 2 }}", "box-01"),
         ("{{ range .Values.tags }}{{ $.Values.node.hostname }}{{ end }}", "boxbox"),
         # and/or stop at the deciding argument, as in Go: a guard protects a missing map

@@ -50,7 +50,18 @@ _ESCAPES = {
     '"': '"',
     "'": "'",
 }
-_KEYWORDS = ("if", "else", "end", "range", "with", "define", "template", "block", "break")
+_KEYWORDS = (
+    "if",
+    "else",
+    "end",
+    "range",
+    "with",
+    "define",
+    "template",
+    "block",
+    "break",
+    "continue",
+)
 
 
 class _Syntax(Exception):
@@ -281,6 +292,11 @@ def _parse_pipe(body: str, allow_decl: bool) -> _Pipe:
     return pipe
 
 
+def _first_word(text: str) -> tuple[str, str]:
+    parts = text.split(None, 1)
+    return (parts[0] if parts else "", parts[1] if len(parts) > 1 else "")
+
+
 def _parse(text: str, source: str) -> list[Any]:
     root: list[Any] = []
     # (block, the list to return to at {{end}}, whether it is an `else if` link that
@@ -310,9 +326,7 @@ def _parse(text: str, source: str) -> list[Any]:
                 if not body.endswith("*/"):
                     raise _Syntax("unclosed comment")
                 continue
-            word, _, rest = body.partition(" ")
-            word = word.strip()
-            rest = rest.strip()
+            word, rest = _first_word(body)
             if word in ("if", "range", "with"):
                 block = _Block(word, _parse_pipe(rest, allow_decl=True), line)
                 stack.append((block, current, False))
@@ -325,8 +339,8 @@ def _parse(text: str, source: str) -> list[Any]:
                 if block.else_body is not None:
                     raise _Syntax("second {{else}} in one block")
                 block.else_body = []
-                if rest.startswith(("if ", "with ")):
-                    kind, _, cond = rest.partition(" ")
+                kind, cond = _first_word(rest)
+                if kind in ("if", "with"):
                     chained = _Block(kind, _parse_pipe(cond, allow_decl=True), line)
                     block.else_body.append(chained)
                     stack.append((chained, block.else_body, True))

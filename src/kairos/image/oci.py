@@ -39,7 +39,11 @@ _ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "riscv64"
 
 
 class ImageError(KairosError):
-    """An image archive or layout that cannot be used as it is."""
+    """An image archive or layout that cannot be used as it is; `problems` lists each finding."""
+
+    def __init__(self, message: str, hint: str | None = None, problems: Sequence[str] = ()):
+        super().__init__(message, hint)
+        self.problems = tuple(problems)
 
 
 class Compression(StrEnum):
@@ -403,6 +407,7 @@ def read_image(store: Store, arch: str | None = None) -> Image:
     if problems or image is None:
         raise ImageError(
             "not a usable OCI image or docker archive:\n  " + "\n  ".join(problems) + ".",
+            problems=problems,
             hint="build one with `kairos build --format oci`, `docker save` or "
             "`skopeo copy docker://REF oci-archive:FILE`",
         )

@@ -214,6 +214,8 @@ def _image_problems(source: OciFileSource | OciDirSource) -> tuple[list[str], st
             oci.read_image(store)
         finally:
             store.close()
+    except oci.ImageError as exc:
+        return list(exc.problems) or [exc.message.rstrip(".")], exc.hint
     except KairosError as exc:
         return [exc.message.rstrip(".")], exc.hint
     return [], None

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kairos.config.template import node_values, render
@@ -117,6 +117,13 @@ def test_only_actions_change() -> None:
         ('{{ required "uuid needed" .Values.absent }}', 1, "uuid needed"),
         ('{{ template "x" }}', 1, "not supported"),
         ("{{ trunc }}", 1, "wrong number or type of arguments for trunc"),
+        ("{{ and }}", 1, "wrong number or type of arguments for and"),
+        ('{{ repeat 99999999 "ab" }}', 1, "result larger than"),
+        ('{{ printf "%99999999d" 1 }}', 1, "result larger than"),
+        ("{{ range 99999999 }}x{{ end }}", 1, "more than 100000 iterations"),
+        ("{{ range 1000 }}{{ range 1000 }}{{ end }}{{ end }}", 1, "more than 100000 range"),
+        ('{{ regexMatch "(" "x" }}', 1, "bad regular expression"),
+        ("{{ index .Values.tags 5 }}", 1, "index out of range"),
     ],
 )
 def test_bad_templates_name_file_and_line(template: str, line: int, words: str) -> None:
@@ -168,6 +175,69 @@ def test_string_literals_round_trip_through_quote(value: str) -> None:
     # quote produces a Go string literal; rendering that literal gives the value back.
     literal = render("{{ quote .X }}", {"X": value}, "t")
     assert render("{{ " + literal + " }}", {}, "t") == value
+
+
+_FRAGMENTS = st.sampled_from(
+    (
+        "{{",
+        "}}",
+        "{{-",
+        "-}}",
+        " ",
+        ".X",
+        ".Values.a",
+        "$",
+        "$x",
+        ":=",
+        "|",
+        "(",
+        ")",
+        "if",
+        "else",
+        "end",
+        "range",
+        "with",
+        "trunc",
+        "1",
+        "-2",
+        '"s"',
+        "`r`",
+        "printf",
+        "%d",
+        "index",
+        "and",
+        "or",
+        "not",
+        "default",
+        "eq",
+        "\n",
+        ",",
+        "/*",
+        "*/",
+        "nil",
+        "len",
+        "div",
+        "0",
+        "quote",
+        "\\",
+        '"',
+        "required",
+        "substr",
+        "indent",
+        "join",
+        "dict",
+    )
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(_FRAGMENTS, max_size=25).map(" ".join))
+def test_any_input_renders_or_fails_cleanly(text: str) -> None:
+    values = {"X": "abc", "Values": {"a": [1, 2], "b": {"c": "d"}}}
+    try:
+        assert isinstance(render(text, values, "f.yaml"), str)
+    except ConfigError as exc:
+        assert exc.message.startswith("f.yaml:") and exc.problems
 
 
 # ---------------------------------------------------------------- node values

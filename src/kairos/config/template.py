@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kairos.config.template_funcs import FUNCTIONS, MISSING, TemplateFuncError, go_str, truthy
+from kairos.config.template_funcs import (
+    FUNCTIONS,
+    MAX_TEXT,
+    MISSING,
+    TemplateFuncError,
+    go_str,
+    truthy,
+)
 from kairos.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -393,10 +400,23 @@ def _walk(value: Any, names: Sequence[str], shown: str) -> Any:
     return value
 
 
+# Bounds on one render, so a hostile template cannot loop or grow without end.
+MAX_OUTPUT = 4 * MAX_TEXT
+MAX_ITERATIONS = 100_000
+
+
 @dataclass
 class _Scope:
     dot: Any
     vars: list[dict[str, Any]]
+    size: int = 0
+    iterations: int = 0
+
+    def emit(self, out: list[str], text: str) -> None:
+        self.size += len(text)
+        if self.size > MAX_OUTPUT:
+            raise _Syntax(f"output larger than {MAX_OUTPUT} bytes")
+        out.append(text)
 
     def lookup(self, name: str) -> Any:
         for frame in reversed(self.vars):
@@ -425,6 +445,9 @@ def _call(name: str, args: list[Any], scope: _Scope) -> Any:
         raise _Syntax(f"{name}: {exc}") from None
     except TypeError:
         raise _Syntax(f"wrong number or type of arguments for {name}") from None
+    except (ValueError, IndexError, KeyError, ArithmeticError) as exc:
+        # Go reports a bad argument as an execution error; so do we, never a traceback.
+        raise _Syntax(f"{name}: bad argument: {exc}") from None
 
 
 _NO_PIPE = object()
@@ -470,6 +493,8 @@ def _items(value: Any) -> list[tuple[Any, Any]]:
     if isinstance(value, list | tuple):
         return list(enumerate(value))
     if isinstance(value, int) and not isinstance(value, bool):
+        if value > MAX_ITERATIONS:
+            raise _Syntax(f"range over {value}: more than {MAX_ITERATIONS} iterations")
         return [(i, i) for i in range(value)]
     raise _Syntax(f"range can't iterate over {go_str(value)}")
 
@@ -477,13 +502,13 @@ def _items(value: Any) -> list[tuple[Any, Any]]:
 def _exec(nodes: Sequence[Any], scope: _Scope, out: list[str], source: str) -> None:
     for node in nodes:
         if isinstance(node, str):
-            out.append(node)
+            scope.emit(out, node)
             continue
         try:
             if isinstance(node, _Action):
                 value = _eval_pipe(node.pipe, scope)
                 if not node.pipe.decl:
-                    out.append(go_str(value))
+                    scope.emit(out, go_str(value))
             elif node.kind == "range":
                 _exec_range(node, scope, out, source)
             else:
@@ -512,6 +537,9 @@ def _exec_range(node: _Block, scope: _Scope, out: list[str], source: str) -> Non
         return
     saved = scope.dot
     for key, item in items:
+        scope.iterations += 1
+        if scope.iterations > MAX_ITERATIONS:
+            raise _Syntax(f"more than {MAX_ITERATIONS} range iterations")
         frame: dict[str, Any] = {}
         if len(decl) == 1:
             frame[decl[0]] = item

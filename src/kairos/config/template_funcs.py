@@ -101,11 +101,28 @@ def _go_quote(text: str) -> str:
 _VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
 
 
+# No config needs more: a bound keeps `repeat 99999999` or `%99999999d` from eating memory.
+MAX_TEXT = 1 << 20
+
+
+def _size(n: int) -> int:
+    if n > MAX_TEXT:
+        raise TemplateFuncError(f"result larger than {MAX_TEXT} bytes")
+    return n
+
+
+def _repeat(count: Any, text: Any) -> str:
+    s, n = _s(text), max(_int(count), 0)
+    _size(n * len(s))
+    return s * n
+
+
 def _printf(fmt: str, *args: Any) -> str:
     queue = list(args)
 
     def one(m: re.Match[str]) -> str:
         flags, width, prec, verb = m.groups()
+        _size(int(width or 0) + int(prec or 0))
         if verb == "%":
             return "%"
         if not queue:
@@ -153,7 +170,7 @@ def _substr(start: Any, end: Any, text: Any) -> str:
 
 
 def _indent(spaces: Any, text: Any) -> str:
-    pad = " " * _int(spaces)
+    pad = " " * _size(_int(spaces))
     return pad + _s(text).replace("\n", "\n" + pad)
 
 
@@ -179,18 +196,18 @@ def _compare(a: Any, b: Any) -> int:
     raise TemplateFuncError("incompatible types for comparison")
 
 
-def _and(*args: Any) -> Any:
-    for arg in args:
+def _and(first: Any, *rest: Any) -> Any:
+    for arg in (first, *rest):
         if not truthy(arg):
             return arg
-    return args[-1]
+    return (first, *rest)[-1]
 
 
-def _or(*args: Any) -> Any:
-    for arg in args:
+def _or(first: Any, *rest: Any) -> Any:
+    for arg in (first, *rest):
         if truthy(arg):
             return arg
-    return args[-1]
+    return (first, *rest)[-1]
 
 
 def _required(message: Any, value: Any) -> Any:
@@ -304,7 +321,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "contains": lambda sub, s: _s(sub) in _s(s),
     "hasPrefix": lambda p, s: _s(s).startswith(_s(p)),
     "hasSuffix": lambda p, s: _s(s).endswith(_s(p)),
-    "repeat": lambda n, s: _s(s) * max(_int(n), 0),
+    "repeat": _repeat,
     "quote": lambda *a: " ".join(_go_quote(go_str(x)) for x in a if x is not None),
     "squote": lambda *a: " ".join(f"'{go_str(x)}'" for x in a if x is not None),
     "cat": lambda *a: " ".join(go_str(x) for x in a if x is not None),

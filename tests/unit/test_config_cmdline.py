@@ -132,3 +132,35 @@ def test_dotted_words_round_trip(config: dict[str, Any]) -> None:
     assert parse(" ".join([REAL, *words])) == config
     # The same words, written with shell quoting, parse the same way.
     assert parse(" ".join(shlex.quote(w) for w in words)) == config
+
+
+_PIECES = st.sampled_from(
+    (
+        "install",
+        "users",
+        "stages",
+        ".",
+        "[0]",
+        "[3]",
+        "=",
+        '"',
+        "'",
+        " ",
+        "x",
+        "kairos.config=",
+        "cos.setup=",
+        "kairos.config_url=",
+        "true",
+        "\\",
+        "[",
+        "]",
+        "0",
+    )
+)
+
+
+@given(st.lists(_PIECES, max_size=30).map("".join))
+def test_any_cmdline_parses_to_a_map(text: str) -> None:
+    result = parse(text)
+    assert isinstance(result, dict)
+    assert all(isinstance(k, str) for k in result)

@@ -243,10 +243,18 @@ def test_symlinked_dirs_are_not_entered(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- config_url
 
 PAGES: dict[str, str] = {}
+# path -> how many more requests get "503 Service Unavailable" before the page is served
+FAILURES: dict[str, int] = {}
+REQUESTS: list[str] = []
 
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        REQUESTS.append(self.path)
+        if FAILURES.get(self.path, 0) > 0:
+            FAILURES[self.path] -= 1
+            self.send_error(503)
+            return
         body = PAGES.get(self.path)
         self.send_response(200 if body is not None else 404)
         data = (body or "").encode()
@@ -264,6 +272,8 @@ def server() -> Iterator[str]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     PAGES.clear()
+    FAILURES.clear()
+    REQUESTS.clear()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
@@ -306,6 +316,46 @@ def test_unreachable_config_url_is_a_warning(tmp_path: Path, server: str) -> Non
     assert len(result.warnings) == 1
     assert "HTTP 404" in result.warnings[0] and result.warnings[0].startswith("/oem/a.yaml:")
     assert result.skipped[0][0] == f"{server}/missing.yaml"
+
+
+@pytest.fixture
+def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kairos.config.collect.URL_RETRY_DELAY", 0.0)
+
+
+def test_transient_failures_are_retried(tmp_path: Path, server: str, no_retry_delay: None) -> None:
+    PAGES["/flaky.yaml"] = f"{H}name: third-time\n"
+    FAILURES["/flaky.yaml"] = 2
+    write(tmp_path, "/oem/a.yaml", f"{H}config_url: {server}/flaky.yaml\n")
+    result = collect(ctx_for(tmp_path), cmdline="")
+    assert result.merged["name"] == "third-time"
+    assert REQUESTS == ["/flaky.yaml"] * 3
+    assert result.warnings == ()
+
+
+def test_retries_give_up_after_three_attempts(
+    tmp_path: Path, server: str, no_retry_delay: None
+) -> None:
+    PAGES["/down.yaml"] = f"{H}name: never\n"
+    FAILURES["/down.yaml"] = 3
+    write(tmp_path, "/oem/a.yaml", f"{H}config_url: {server}/down.yaml\nname: kept\n")
+    result = collect(ctx_for(tmp_path), cmdline="")
+    assert result.merged["name"] == "kept"
+    assert REQUESTS == ["/down.yaml"] * 3
+    assert "HTTP 503" in result.warnings[0]
+
+
+def test_permanent_failures_are_not_retried(tmp_path: Path, server: str) -> None:
+    write(tmp_path, "/oem/a.yaml", f"{H}config_url: {server}/missing.yaml\n")
+    collect(ctx_for(tmp_path), cmdline="")
+    assert REQUESTS == ["/missing.yaml"]
+
+
+def test_unreachable_host_is_retried_then_warned(tmp_path: Path, no_retry_delay: None) -> None:
+    write(tmp_path, "/oem/a.yaml", f"{H}config_url: http://127.0.0.1:9/c.yaml\nname: kept\n")
+    result = collect(ctx_for(tmp_path), cmdline="")
+    assert result.merged["name"] == "kept"
+    assert "unreachable" in result.warnings[0]
 
 
 def test_fetched_config_without_header_is_skipped(tmp_path: Path, server: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos.config.fetch import fetch_text
+from kairos.config.fetch import FetchError, fetch_text
 from kairos.errors import KairosError
 
 PAGES: dict[str, tuple[int, bytes]] = {
@@ -52,6 +52,7 @@ def test_http_error_names_url_and_status(server: str) -> None:
         fetch_text(f"{server}/missing.yaml")
     assert info.value.message == f"{server}/missing.yaml: HTTP 404 Not Found."
     assert info.value.hint
+    assert isinstance(info.value, FetchError) and not info.value.transient
 
 
 def test_size_cap(server: str) -> None:
@@ -71,6 +72,7 @@ def test_unreachable_is_an_error_with_a_hint() -> None:
         fetch_text("http://127.0.0.1:9/c.yaml", timeout=2)
     assert "unreachable" in info.value.message
     assert info.value.hint
+    assert isinstance(info.value, FetchError) and info.value.transient
 
 
 def test_file_urls_and_plain_paths(tmp_path: Path) -> None:

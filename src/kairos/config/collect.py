@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ CONFIG_DIRS: tuple[str, ...] = (
 )
 MAX_FILE_BYTES = 1 << 20
 MAX_URL_DEPTH = 5
+# Upstream tries a config_url three times, a second apart: the network may still be coming up.
+URL_ATTEMPTS = 3
+URL_RETRY_DELAY = 1.0
 CMDLINE_SOURCE = "cmdline"
 EXTENSIONS = (".yaml", ".yml")
 
@@ -176,7 +180,7 @@ class _Collector:
 
             self.fetch = fetch_text
         try:
-            text = self.fetch(url)
+            text = self.fetch_with_retries(url)
         except KairosError as exc:
             # Upstream installs go on when config_url is unreachable: warn, never fail.
             self.warnings.append(f"{where}: {exc}")
@@ -189,6 +193,19 @@ class _Collector:
         fetched = self.parse(text, url)
         if fetched is not None:
             self.add(fetched, depth=depth + 1, seen=seen | {url})
+
+    def fetch_with_retries(self, url: str) -> str:
+        assert self.fetch is not None
+        attempt = 1
+        while True:
+            try:
+                return self.fetch(url)
+            except KairosError as exc:
+                if attempt >= URL_ATTEMPTS or not getattr(exc, "transient", False):
+                    raise
+                log.debug("fetching %s failed (%s); trying again", url, exc)
+            attempt += 1
+            time.sleep(URL_RETRY_DELAY)
 
     def render_url(self, url: str, source: str) -> str | None:
         from urllib.parse import quote_plus

@@ -16,6 +16,14 @@ from kairos.errors import KairosError
 SCHEMES = ("http", "https", "file")
 
 
+class FetchError(KairosError):
+    """A fetch failed; `transient` when trying again later may work (network, 5xx)."""
+
+    def __init__(self, message: str, hint: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, hint)
+        self.transient = transient
+
+
 class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
@@ -82,17 +90,24 @@ def fetch_text(url: str, timeout: float = 10.0, max_bytes: int = 1 << 20) -> str
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return _decode(_read_capped(resp, url, max_bytes), url)
     except urllib.error.HTTPError as exc:
-        raise KairosError(
-            f"{url}: HTTP {exc.code} {exc.reason}.", hint="check the URL and the server"
+        raise FetchError(
+            f"{url}: HTTP {exc.code} {exc.reason}.",
+            hint="check the URL and the server",
+            transient=exc.code >= 500 or exc.code == 429,
         ) from None
     except urllib.error.URLError as exc:
-        raise KairosError(
+        raise FetchError(
             f"{url}: unreachable: {exc.reason}.",
             hint="check the network is up and the host name resolves",
+            transient=True,
         ) from None
     except TimeoutError:
-        raise KairosError(
-            f"{url}: no answer within {timeout:g} s.", hint="check the server is reachable"
+        raise FetchError(
+            f"{url}: no answer within {timeout:g} s.",
+            hint="check the server is reachable",
+            transient=True,
         ) from None
     except OSError as exc:
-        raise KairosError(f"{url}: cannot fetch: {exc}.", hint="check the URL") from None
+        raise FetchError(
+            f"{url}: cannot fetch: {exc}.", hint="check the URL", transient=True
+        ) from None

@@ -6,6 +6,7 @@ without needing a Linux guest.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,3 +134,18 @@ def test_a_taken_ssh_port_is_reported_at_start(probe_iso: Path) -> None:
         ):
             pass
     assert err.value.hint == "choose another --ssh-port"
+
+
+def test_vm_run_command_streams_the_console_until_the_vm_exits(
+    probe_iso: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kairos.cli import main
+
+    log = tmp_path / "serial.log"
+    argv = ["vm", "run", str(probe_iso), "--bios", "--show-console", "--until-login"]
+    assert main([*argv, "--serial-log", str(log), "--timeout", "120"]) == 0
+    out, err = capsys.readouterr()
+    assert "PROBE-END" in out and "probe login:" in out
+    assert re.search(r"\(iso, bios\) on (tcg|kvm): \S", err)
+    assert "ok boot to the login prompt" in err
+    assert "PROBE-END" in log.read_text()

@@ -473,6 +473,7 @@ def test_layout_by_label_add_and_expand(
             "LABEL=COS_RECOVERY": (0, "/dev/nvme0n1p2\n"),
             "PKNAME": (0, "nvme0n1\n"),
             "sfdisk --json": (0, table),
+            "-s TYPE": (0, "ext4\n"),
         }
     )
     step = Step(
@@ -494,9 +495,11 @@ def test_layout_by_label_add_and_expand(
         "partx -u /dev/nvme0n1",
         "udevadm settle",
         "mkfs.ext2 -F -L COS_STATE /dev/nvme0n1p3",
+        "sfdisk --json /dev/nvme0n1",
         "sfdisk --no-reread -N 3 /dev/nvme0n1",
         "partx -u /dev/nvme0n1",
         "udevadm settle",
+        "blkid -o value -s TYPE /dev/nvme0n1p3",
         "e2fsck -fy /dev/nvme0n1p3",
         "resize2fs /dev/nvme0n1p3",
     ]
@@ -516,3 +519,44 @@ def test_layout_script_device(scripted: Callable[[dict[str, tuple[int, str]]], l
     assert calls[0] == "/bin/sh -c /usr/local/bin/pick-disk.sh small"
     assert "sgdisk --new=1:0:+10M --typecode=1:8300 /dev/vdc" in calls
     assert calls[-1] == "mkfs.ext2 -F /dev/vdc1"
+
+
+def test_strict_checks_everything_before_running(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(
+        root,
+        "s.yaml",
+        """
+        stages:
+          boot:
+            - environment_file: /marks
+              environment: {FIRST: "1"}
+          boot.after:
+            - files: [{path: /etc/x, permissions: 99999}]
+            - users: {bob: {uid: abc}}
+        """,
+    )
+    assert run_stage(root, "boot", "--strict") == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s) in the stage files; nothing was run" in err
+    assert "stages.boot.after[0].files[0].permissions" in err
+    assert "stages.boot.after[1].users.bob.uid: expected an integer" in err
+    assert _marks(root) == []
+    assert run_stage(root, "boot") == 0  # non-strict: the valid step runs
+    assert _marks(root) == ["FIRST=1"]
+
+
+def test_strict_validation_turns_warnings_into_problems(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(root, "w.yaml", "stages:\n  boot:\n    - fles: []\n")
+    assert run_stage(root, "boot", "--strict") == 0
+    assert main_args(root, "--strict-validation", "run-stage", "boot", "--strict") == 1
+    assert "stages.boot[0].fles: unknown step key" in capsys.readouterr().err
+
+
+def main_args(root: Path, *args: str) -> int:
+    from kairos.cli import main
+
+    return main(["--root", str(root), *args])

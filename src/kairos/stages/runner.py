@@ -182,8 +182,8 @@ def apply_step(ctx: Context, stage: str, step: Step, report: Report, strict: boo
     from kairos.stages.steps import plugins
 
     if step.problems:
-        for p in step.problems:
-            _fail(report, strict, f"{stage}: {step.op_name}: {p}")
+        log.info("%s: %s not run: it has problems (reported above)", stage, step.op_name)
+        report.skipped.append(step.op_name)
         return
     try:
         reason = skip_reason(step.conditions, ctx)
@@ -206,29 +206,51 @@ def apply_step(ctx: Context, stage: str, step: Step, report: Report, strict: boo
     report.ran.append(step.op_name)
 
 
+def preflight(
+    ctx: Context, stage: str, files: Sequence[StageFile]
+) -> tuple[list[Plan], list[str], list[str]]:
+    """Plans for the three sub-stages, with every problem and warning found before running.
+
+    Under `--strict-validation` warnings (unknown keys, dangling `after:`) count as problems.
+    """
+    plans = [plan_stage(files, sub) for sub in sub_stages(stage)]
+    in_steps = {p for f in files for st in f.stages.values() for s in st for p in s.problems}
+    problems = [p for f in files for p in f.problems if p not in in_steps]
+    warnings = [w for f in files for w in f.warnings]
+    for plan in plans:
+        problems.extend(plan.problems)
+        problems.extend(p for op in plan.ops for p in op.step.problems)
+        warnings.extend(plan.warnings)
+    if ctx.strict:
+        problems, warnings = problems + warnings, []
+    return plans, problems, warnings
+
+
 def run_stage(ctx: Context, stage: str, files: Sequence[StageFile], strict: bool = False) -> Report:
-    """Run `stage.before`, `stage` and `stage.after` over all files."""
+    """Run `stage.before`, `stage` and `stage.after` over all files.
+
+    Strict: any problem found beforehand stops the run before a single step is applied.
+    """
+    from kairos.errors import ConfigError
     from kairos.log import Progress
 
-    report = Report()
-    for f in files:
-        report.warnings.extend(f.warnings)
-        for w in f.warnings:
-            log.warning("%s", w)
-        if f.problems and not f.stages:
-            for p in f.problems:
-                _fail(report, strict, f"{stage}: {f.source}: {p}")
+    plans, problems, warnings = preflight(ctx, stage, files)
+    if strict and problems:
+        raise ConfigError(
+            f"stage {stage}: {len(problems)} problem(s) in the stage files; nothing was run.",
+            hint="fix them, or run without --strict to apply the valid steps",
+            problems=tuple(problems),
+        )
+    report = Report(warnings=warnings)
+    for w in warnings:
+        log.warning("%s", w)
+    for p in problems:
+        _fail(report, False, p)
     progress = Progress(quiet=not ctx.debug)
-    for sub in sub_stages(stage):
-        plan = plan_stage(files, sub)
-        for w in plan.warnings:
-            log.warning("%s", w)
-        report.warnings.extend(plan.warnings)
-        for p in plan.problems:
-            _fail(report, strict, p)
+    for plan in plans:
         if not plan.ops:
             continue
-        with progress.step(f"stage {sub}"):
+        with progress.step(f"stage {plan.stage}"):
             for op in plan.ops:
-                apply_step(ctx, sub, op.step, report, strict)
+                apply_step(ctx, plan.stage, op.step, report, strict)
     return report

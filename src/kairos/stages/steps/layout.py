@@ -62,21 +62,27 @@ def resolve_device(layout: Layout, where: str) -> str:
     )
 
 
-def existing_partitions(disk: str) -> list[int]:
+def partition_sizes(disk: str) -> dict[int, int]:
+    """Partition number -> size in bytes, from `sfdisk --json` ({} without a table)."""
     out = run(["sfdisk", "--json", disk], check=False).stdout
     if not out.strip():
-        return []  # no partition table yet
+        return {}  # no partition table yet
     try:
         table = json.loads(out)["partitiontable"]
-    except (ValueError, KeyError, TypeError):
+        sector = int(table.get("sectorsize", 512))
+        sizes = {}
+        for part in table.get("partitions", []):
+            node = str(part.get("node", ""))
+            digits = node[len(node.rstrip("0123456789")) :]
+            if digits:
+                sizes[int(digits)] = int(part.get("size", 0)) * sector
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise KairosError(f"{disk}: could not read its partition table.") from None
-    numbers = []
-    for part in table.get("partitions", []):
-        node = str(part.get("node", ""))
-        digits = node[len(node.rstrip("0123456789")) :]
-        if digits:
-            numbers.append(int(digits))
-    return sorted(numbers)
+    return sizes
+
+
+def existing_partitions(disk: str) -> list[int]:
+    return sorted(partition_sizes(disk))
 
 
 def _add(disk: str, number: int, part: Partition) -> list[list[str]]:
@@ -102,16 +108,28 @@ def _add(disk: str, number: int, part: Partition) -> list[list[str]]:
     return cmds
 
 
-def _expand(disk: str, number: int) -> list[list[str]]:
+def expand(disk: str, number: int, size_mib: int) -> None:
+    """Grow partition `number` to `size_mib` (0: all the free space after it), then its ext fs."""
     part = partition_device(disk, number)
-    return [
-        # sfdisk reads the new size from stdin; "+" means all the free space after it.
-        ["sfdisk", "--no-reread", "-N", str(number), disk],
-        ["partx", "-u", disk],
-        ["udevadm", "settle"],
-        ["e2fsck", "-fy", part],
-        ["resize2fs", part],
-    ]
+    current = partition_sizes(disk).get(number, 0)
+    if size_mib and size_mib << 20 <= current:
+        # Expansion never shrinks: the filesystem inside would be cut.
+        log.warning("%s: already %d MiB, not shrunk to %d MiB.", part, current >> 20, size_mib)
+        return
+    size = f"{size_mib}M" if size_mib else "+"
+    # sfdisk reads "start, size" for partition N: an empty start keeps it where it is.
+    run(["sfdisk", "--no-reread", "-N", str(number), disk], input=f", {size}\n")
+    run(["partx", "-u", disk])
+    run(["udevadm", "settle"])
+    fstype = run(["blkid", "-o", "value", "-s", "TYPE", part], check=False).stdout.strip()
+    if fstype in ("ext2", "ext3", "ext4"):
+        # e2fsck exits 1 when it fixed something; only >= 4 is a failure.
+        checked = run(["e2fsck", "-fy", part], check=False)
+        if checked.returncode >= 4:
+            raise KairosError(f"{part}: e2fsck failed with exit code {checked.returncode}.")
+        run(["resize2fs", part])
+    elif fstype:
+        log.warning("%s: %s is not grown offline; grow it after mounting.", part, fstype)
 
 
 def apply(step: Step, ctx: Context) -> None:
@@ -136,14 +154,4 @@ def apply(step: Step, ctx: Context) -> None:
     if layout.expand_size_mib is not None:
         if not last:
             raise KairosError(f"{step.where}: {disk} has no partition to expand.")
-        size = f"+{layout.expand_size_mib}M" if layout.expand_size_mib else "+"
-        for argv in _expand(disk, last):
-            if argv[0] == "sfdisk":
-                run(argv, input=f", {size}\n")
-            elif argv[0] == "e2fsck":
-                # e2fsck exits 1 when it fixed something; only >= 4 is a failure.
-                result = run(argv, check=False)
-                if result.returncode >= 4:
-                    raise KairosError(f"{argv[-1]}: e2fsck failed ({result.returncode}).")
-            else:
-                run(argv)
+        expand(disk, last, layout.expand_size_mib)

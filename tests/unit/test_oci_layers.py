@@ -141,6 +141,17 @@ def test_opaque_marker_keeps_entries_of_its_own_layer(tmp_path: Path) -> None:
     assert tree(root) == {"d": "dir", "d/new": "n"}
 
 
+def test_late_opaque_marker_hides_lower_content_below_new_entries(tmp_path: Path) -> None:
+    """Markers belong first in a layer; a late one still hides only lower-layer content."""
+    root = tmp_path / "root"
+    apply(
+        root,
+        [E("opt/x/old", data=b"o"), E("opt/y/old", data=b"o"), E("opt/z", data=b"z")],
+        [E("opt/x/new", data=b"n"), E("opt/.wh..wh..opq"), E("opt/.wh.x")],
+    )
+    assert tree(root) == {"opt": "dir", "opt/x": "dir", "opt/x/new": "n"}
+
+
 def test_whiteout_of_missing_entry_is_a_no_op(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(root, [E("a", data=b"a")], [E(".wh.never-existed"), E("dir/.wh.x")])

@@ -220,16 +220,32 @@ class LayerApplier:
             raise self._refuse(
                 layer, m.name, f"it would be written through {shown}, which is not a directory"
             ) from exc
-        created.add(parts)
+        # Ancestors count as written too: a whiteout or opaque marker later in this layer
+        # must not remove the directories that hold this layer's own entries.
+        for i in range(1, len(parts) + 1):
+            created.add(parts[:i])
 
     def _opaque(
         self, tree: _Tree, dir_parts: tuple[str, ...], created: set[tuple[str, ...]]
     ) -> None:
         self.stats.whiteouts += 1
         with tree.parent((*dir_parts, "x"), create=True) as fd:
-            for child in os.listdir(fd):
-                if (*dir_parts, child) not in created:
-                    _remove(child, fd)
+            self._prune(fd, dir_parts, created)
+
+    def _prune(self, fd: int, dir_parts: tuple[str, ...], created: set[tuple[str, ...]]) -> None:
+        """Remove what lower layers left under a directory, keeping this layer's entries."""
+        for child in os.listdir(fd):
+            path = (*dir_parts, child)
+            if path not in created:
+                _remove(child, fd)
+                continue
+            st = _lstat(child, fd)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    self._prune(cfd, path, created)
+                finally:
+                    os.close(cfd)
 
     def _whiteout(self, tree: _Tree, parts: tuple[str, ...], created: set[tuple[str, ...]]) -> None:
         self.stats.whiteouts += 1

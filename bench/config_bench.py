@@ -138,11 +138,15 @@ def main() -> int:
         t_read = best_of(args.repeat, lambda: read_all(root))
         line("collect+merge (warm, best)", t_collect, "read bytes", t_read, TARGET_COLLECT_S)
 
-    bindir = Path(sys.executable).parent
-    agent = bindir / "kairos-agent"
-    if not agent.exists():
-        print(f"{agent} missing: install the package (pip install -e .)", file=sys.stderr)
-        return 1
+        agent = Path(sys.executable).parent / "kairos-agent"
+        if not agent.exists():
+            print(f"{agent} missing: install the package (pip install -e .)", file=sys.stderr)
+            return 1
+        # For information: the whole command, start-up and YAML printing included.
+        t_command = start_up([str(agent), "--root", tmp, "config"], args.repeat)
+        t_python = start_up([sys.executable, "-c", "pass"], args.repeat)
+        line("kairos-agent config (process)", t_command, "python -c pass", t_python, None)
+
     t_version = start_up([str(agent), "--version"], args.repeat)
     t_python = start_up([sys.executable, "-c", "pass"], args.repeat)
     line("kairos-agent --version (best)", t_version, "python -c pass", t_python, TARGET_VERSION_S)

@@ -200,7 +200,10 @@ def test_broken_sources_are_left_out_with_a_warning(tmp_path: Path) -> None:
     assert result.warnings[0].startswith('/oem/10_template.yaml:3: template: function "frob"')
     assert result.warnings[1].startswith("/oem/20_yaml.yaml:4:")
     assert result.warnings[2].startswith("/oem/30_list.yaml:1: the top level must be a map")
-    assert {p for p, _ in result.skipped} == set(BROKEN)
+    reasons = dict(result.skipped)
+    assert set(reasons) == set(BROKEN)
+    assert reasons["/oem/10_template.yaml"].startswith('line 3: template: function "frob"')
+    assert reasons["/oem/20_yaml.yaml"].startswith("line 4:")
 
 
 def test_strict_reports_every_broken_source_at_once(tmp_path: Path) -> None:

@@ -88,7 +88,10 @@ class _Collector:
         lines = found or (str(error).rstrip("."),)
         self.problems.extend(lines)
         self.warnings.extend(f"{line}; source ignored" for line in lines)
-        self.skipped.append((source, lines[0]))
+        # `config sources` prints the path beside the reason: do not repeat it.
+        first = lines[0]
+        rest = first.removeprefix(f"{source}:")
+        self.skipped.append((source, f"line {rest.strip()}" if rest != first else first))
 
     def node_name(self, path: Path) -> str:
         """`/oem/x.yaml` for a file under the root, so messages speak of node paths."""

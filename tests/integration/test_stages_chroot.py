@@ -22,6 +22,16 @@ BOOT = """\
 #cloud-config
 name: chroot-test
 stages:
+  boot.before:
+    - name: firstboot
+      ensure_entities:
+        - entity: |
+            kind: "group"
+            group_name: "admin"
+            password: "x"
+            gid: 900
+      systemd_firstboot:
+        locale: C.UTF-8
   boot:
     - name: accounts
       users:
@@ -95,6 +105,9 @@ def test_run_stage_boot_in_real_root(minroot: Path) -> None:
     perl = ["perl", "-e", "print crypt($ARGV[0], $ARGV[1])"]
     assert _chroot(minroot, *perl, "kairos", hashed) == hashed
     assert _chroot(minroot, *perl, "wrong", hashed) != hashed
+    assert _passwd(minroot, "group", "admin")[2] == "900"  # ensure_entities in boot.before
+    # systemd-firstboot ran: Debian's build writes the locale to /etc/default/locale.
+    assert "LANG=C.UTF-8" in _chroot(minroot, "cat", "/etc/default/locale").splitlines()
     groups = _chroot(minroot, "id", "-nG", "kairos").split()
     assert {"kairos", "sudo", "admin"} <= set(groups)
     assert "kairos" in _passwd(minroot, "gshadow", "sudo")[3].split(",")

@@ -496,3 +496,104 @@ def test_unsupported_keys_warn_and_continue(root: Path, capsys: pytest.CaptureFi
     for key in ("git", "unpack_images", "datasource"):
         assert f"'{key}' is not supported yet" in err
     assert (root / "etc/after-unsupported").read_text() == "ok"
+
+
+def test_ensure_and_delete_entities(root: Path) -> None:
+    # The form upstream's default configs use (a group "admin" with a fixed gid).
+    write_config(
+        root,
+        "e.yaml",
+        """
+        stages:
+          initramfs:
+            - ensure_entities:
+                - entity: |
+                    kind: "group"
+                    group_name: "admin"
+                    password: "x"
+                    gid: 900
+                - path: /etc/passwd
+                  entity: |
+                    kind: "user"
+                    username: "svc"
+                    uid: 901
+                    gid: 900
+                    info: "service"
+                    homedir: "/var/lib/svc"
+                    shell: "/bin/false"
+                - entity: |
+                    kind: "shadow"
+                    username: "svc"
+                    password: "plain"
+                    last_changed: "now"
+                - entity: |
+                    kind: "gshadow"
+                    name: "admin"
+                    password: "!"
+                    members: "svc"
+              delete_entities:
+                - entity: |
+                    kind: "user"
+                    username: "app"
+        """,
+    )
+    assert run_stage(root, "initramfs", "--strict") == 0
+    assert _row(root, "group", "admin") == ["admin", "x", "900", ""]
+    assert _row(root, "passwd", "svc") == [
+        "svc", "x", "901", "900", "service", "/var/lib/svc", "/bin/false"
+    ]  # fmt: skip
+    shadow = _row(root, "shadow", "svc")
+    assert verify("plain", shadow[1]) and shadow[2].isdigit() and int(shadow[2]) > 19000
+    assert _row(root, "gshadow", "admin") == ["admin", "!", "", "svc"]
+    # commands (which run before delete_entities) would still have seen "app"; now it is gone
+    assert "app:" not in (root / "etc/passwd").read_text()
+    # running again changes nothing (the same lines are ensured)
+    before = (root / "etc/group").read_text()
+    assert run_stage(root, "initramfs", "--strict") == 0
+    assert (root / "etc/group").read_text() == before
+
+
+def test_entity_problems(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(
+        root,
+        "e.yaml",
+        """
+        stages:
+          boot:
+            - ensure_entities:
+                - entity: "kind: robot"
+                - entity: "kind: group"
+                - path: /etc/other
+                  entity: "{kind: user, username: x}"
+        """,
+    )
+    assert run_stage(root, "boot", "--analyze") == 1
+    out = capsys.readouterr().out
+    assert "kind must be user, group, shadow or gshadow" in out
+    assert "group_name is required" in out
+    assert "only the default file of a user entity is supported" in out
+
+
+def test_systemd_firstboot_argv(root: Path, recorded_commands: list[tuple[str, ...]]) -> None:
+    write_config(
+        root,
+        "f.yaml",
+        """
+        stages:
+          initramfs:
+            - systemd_firstboot:
+                keymap: us
+                timezone: UTC
+                copy_locale: true
+        """,
+    )
+    assert run_stage(root, "initramfs", "--strict") == 0
+    assert recorded_commands == [
+        (
+            "systemd-firstboot",
+            f"--root={root}",
+            "--copy-locale",
+            "--keymap=us",
+            "--timezone=UTC",
+        )
+    ]

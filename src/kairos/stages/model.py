@@ -115,6 +115,25 @@ class User:
     ssh_authorized_keys: tuple[str, ...] = ()
 
 
+class EntityKind(StrEnum):
+    USER = "user"
+    GROUP = "group"
+    SHADOW = "shadow"
+    GSHADOW = "gshadow"
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One line of an account file, as yip's `ensure_entities`/`delete_entities` give it."""
+
+    kind: EntityKind
+    fields: tuple[str, ...]  # the line's fields, name first, already in file order
+
+    @property
+    def name(self) -> str:
+        return self.fields[0]
+
+
 @dataclass(frozen=True)
 class Override:
     service: str
@@ -170,9 +189,11 @@ class Step:
     conditions: Conditions = field(default_factory=Conditions)
     dns: Dns | None = None
     downloads: tuple[Download, ...] = ()
+    ensure_entities: tuple[Entity, ...] = ()
     directories: tuple[Directory, ...] = ()
     files: tuple[File, ...] = ()
     commands: tuple[str, ...] = ()
+    delete_entities: tuple[Entity, ...] = ()
     hostname: str = ""
     sysctl: Mapping[str, str] = field(default_factory=dict)
     users: tuple[User, ...] = ()
@@ -182,6 +203,7 @@ class Step:
     systemctl: Systemctl | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     environment_file: str = ""
+    systemd_firstboot: Mapping[str, str] = field(default_factory=dict)
     layout: Layout | None = None
     packages: Packages | None = None
     # Keys upstream knows that we accept but do not apply yet (git, unpack_images, ...).

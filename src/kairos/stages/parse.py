@@ -17,6 +17,8 @@ from kairos.stages.model import (
     Directory,
     Dns,
     Download,
+    Entity,
+    EntityKind,
     File,
     IfFiles,
     Layout,
@@ -34,9 +36,6 @@ P = tuple[str | int, ...]
 
 UNSUPPORTED_KEYS = (
     "git",
-    "ensure_entities",
-    "delete_entities",
-    "systemd_firstboot",
     "datasource",
     "package_pins",
     "unpack_images",
@@ -68,6 +67,9 @@ STEP_KEYS = frozenset(
         "environment_file",
         "layout",
         "packages",
+        "ensure_entities",
+        "delete_entities",
+        "systemd_firstboot",
         *UNSUPPORTED_KEYS,
     }
 )
@@ -323,6 +325,68 @@ def _after(r: _Reader, m: Mapping[str, Any], path: P) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Per kind: the YAML field of each column of the account file line, name first.
+_ENTITY_FIELDS: dict[EntityKind, tuple[str, ...]] = {
+    EntityKind.USER: ("username", "password", "uid", "gid", "info", "homedir", "shell"),
+    EntityKind.GROUP: ("group_name", "password", "gid", "users"),
+    EntityKind.SHADOW: (
+        "username",
+        "password",
+        "last_changed",
+        "minimum_changed",
+        "maximum_changed",
+        "warn",
+        "inactive",
+        "expire",
+        "reserved",
+    ),
+    EntityKind.GSHADOW: ("name", "password", "administrators", "members"),
+}
+
+
+def _entities(r: _Reader, m: Mapping[str, Any], key: str, path: P) -> tuple[Entity, ...]:
+    """yip entities: each `entity:` is itself a YAML document in a string."""
+    import yaml
+
+    out = []
+    for epath, item in r.items(m, key, path):
+        target = r.string(item, "path", epath)
+        text = r.string(item, "entity", epath)
+        try:
+            data = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as exc:
+            r.error((*epath, "entity"), f"invalid YAML: {exc}")
+            continue
+        if not isinstance(data, Mapping):
+            r.error((*epath, "entity"), "expected a YAML mapping with a kind")
+            continue
+        try:
+            kind = EntityKind(str(data.get("kind", "")))
+        except ValueError:
+            r.error((*epath, "entity"), "kind must be user, group, shadow or gshadow")
+            continue
+        names = _ENTITY_FIELDS[kind]
+        if target and target != f"/etc/{kind}" and not (kind == "user" and target == "/etc/passwd"):
+            r.error((*epath, "path"), f"only the default file of a {kind} entity is supported")
+            continue
+        unknown = sorted(set(map(str, data)) - {*names, "kind"})
+        if unknown:
+            r.warn((*epath, "entity"), f"unknown {kind} fields {', '.join(unknown)}, ignored")
+        values = tuple(
+            ""
+            if data.get(n) is None
+            else str(data[n]).lower()
+            if isinstance(data[n], bool)
+            else str(data[n])
+            for n in names
+        )
+        if not values[0] or any(":" in v or "\n" in v for v in values):
+            r.error((*epath, "entity"), f"{names[0]} is required and no field may hold ':'")
+            continue
+        out.append(Entity(kind, values))
+    return tuple(out)
+
+
 def _systemctl(r: _Reader, m: Mapping[str, Any], path: P) -> Systemctl | None:
     raw = r.mapping(m, "systemctl", path)
     if raw is None:
@@ -420,6 +484,8 @@ def parse_step(
         after=_after(r, m, path),
         conditions=_conditions(r, m, path),
         dns=dns,
+        ensure_entities=_entities(r, m, "ensure_entities", path),
+        delete_entities=_entities(r, m, "delete_entities", path),
         downloads=tuple(
             Download(
                 path=r.required(d, "path", p),
@@ -458,6 +524,7 @@ def parse_step(
         systemctl=_systemctl(r, m, path),
         environment=r.str_map(m, "environment", path),
         environment_file=r.string(m, "environment_file", path),
+        systemd_firstboot=r.str_map(m, "systemd_firstboot", path),
         layout=_layout(r, m, path),
         packages=_packages(r, m, path),
         unsupported=tuple(k for k in UNSUPPORTED_KEYS if m.get(k) not in (None, [], {})),

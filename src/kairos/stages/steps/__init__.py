@@ -32,6 +32,7 @@ class StepType:
 def plugins() -> tuple[StepType, ...]:
     """All step types, in execution order (imported here so `register` stays cheap)."""
     import kairos.stages.steps.commands as commands
+    import kairos.stages.steps.entities as entities
     import kairos.stages.steps.files as files
     import kairos.stages.steps.layout as layout
     import kairos.stages.steps.packages as packages
@@ -44,11 +45,11 @@ def plugins() -> tuple[StepType, ...]:
         StepType("dns", ("dns",), files.apply_dns),
         StepType("downloads", ("downloads",), files.apply_downloads),
         unsupported.step_type("git"),
-        unsupported.step_type("ensure_entities"),
+        StepType("ensure_entities", ("ensure_entities",), entities.apply_ensure),
         StepType("directories", ("directories",), files.apply_directories),
         StepType("files", ("files",), files.apply_files),
         StepType("commands", ("commands",), commands.apply),
-        unsupported.step_type("delete_entities"),
+        StepType("delete_entities", ("delete_entities",), entities.apply_delete),
         StepType("hostname", ("hostname",), system.apply_hostname),
         StepType("sysctl", ("sysctl",), system.apply_sysctl),
         StepType("users", ("users",), users.apply_users),
@@ -57,7 +58,7 @@ def plugins() -> tuple[StepType, ...]:
         StepType("timesyncd", ("timesyncd",), system.apply_timesyncd),
         StepType("systemctl", ("systemctl",), systemctl.apply),
         StepType("environment", ("environment",), system.apply_environment),
-        unsupported.step_type("systemd_firstboot"),
+        StepType("systemd_firstboot", ("systemd_firstboot",), system.apply_firstboot),
         unsupported.step_type("datasource"),
         StepType("layout", ("layout",), layout.apply),
         unsupported.step_type("package_pins"),

@@ -108,3 +108,18 @@ def apply_environment(step: Step, ctx: Context) -> None:
             out.append(line)
     out.extend(f"{k}={_quote(v)}" for k, v in pending.items())
     write_atomic(ctx, target, ("\n".join(out) + "\n").encode())
+
+
+def apply_firstboot(step: Step, ctx: Context) -> None:
+    """`systemd_firstboot: {keymap: us, timezone: UTC, ...}` -> `systemd-firstboot --keymap=us`.
+
+    As yip: a value "true" is a bare flag (`copy_locale: true` -> `--copy-locale`); settings
+    already present in the root are kept, as systemd-firstboot does without --force.
+    """
+    args = []
+    for key, value in sorted(step.systemd_firstboot.items()):
+        flag = "--" + key.lower().replace("_", "-")
+        args.append(flag if value.lower() == "true" else f"{flag}={value}")
+    # --root rather than chroot: the tool reads /proc, which a bare chroot lacks.
+    root = [] if ctx.is_host_root else [f"--root={ctx.root}"]
+    run(["systemd-firstboot", *root, *args])

@@ -68,6 +68,7 @@ def test_parse_registry_references(
 ) -> None:
     parsed = src.parse(spec)
     assert isinstance(parsed, src.RegistrySource)
+    assert parsed.transport == spec.split(":")[0]
     assert (parsed.registry, parsed.repository, parsed.tag, parsed.digest) == (
         registry,
         repository,

@@ -281,3 +281,11 @@ def test_zstd_layers_need_the_zstd_tool(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("kairos.run.which", lambda tool: None)
     with pytest.raises(ToolMissingError, match="zstd"):
         oci.read_image(oci.DirStore(layout))
+
+
+def test_gzip_compressed_archive(tmp_path: Path) -> None:
+    """`docker save img | gzip > img.tar.gz` is accepted as it is."""
+    write_docker_save(tmp_path / "saved.tar", [L1, L2, L3])
+    (tmp_path / "saved.tar.gz").write_bytes(gzip.compress((tmp_path / "saved.tar").read_bytes()))
+    oci.extract(tmp_path / "saved.tar.gz", tmp_path / "root")
+    assert tree(tmp_path / "root") == EXPECTED

@@ -80,6 +80,7 @@ class RegistrySource(Source):
     repository: str
     tag: str | None
     digest: str | None
+    transport: SourceKind = SourceKind.OCI  # oci: or docker:, as the user wrote it
 
     @property
     def reference(self) -> str:
@@ -91,7 +92,7 @@ class RegistrySource(Source):
         return ref
 
 
-def parse_reference(ref: str, spec: str) -> RegistrySource:
+def parse_reference(ref: str, spec: str, transport: SourceKind = SourceKind.OCI) -> RegistrySource:
     """Split `[registry[:port]/]repository[:tag][@digest]` as docker does."""
     ref = ref.removeprefix("//")  # `docker://REF` as skopeo spells it
     name, _, digest = ref.partition("@")
@@ -124,6 +125,7 @@ def parse_reference(ref: str, spec: str) -> RegistrySource:
         repository=repository,
         tag=tag or (None if digest else "latest"),
         digest=digest or None,
+        transport=transport,
     )
 
 
@@ -151,7 +153,7 @@ def parse(spec: str) -> Source:
                 hint="use a suite or codename such as debian:bookworm or debian:trixie",
             )
         return DebianSource(spec=spec, suite=value)
-    return parse_reference(value, spec)
+    return parse_reference(value, spec, kind)
 
 
 def _dir_problems(path: Path, what: str) -> list[str]:

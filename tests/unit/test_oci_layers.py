@@ -313,7 +313,7 @@ def test_hardlink_through_planted_symlink_is_refused(sandbox: tuple[Path, Path])
 def test_device_nodes_are_refused_unless_allowed(sandbox: tuple[Path, Path]) -> None:
     root, _ = sandbox
     msg = _refused(root, [E("dev/null", "chr", mode=0o666)])
-    assert "'dev/null'" in msg and "device nodes are not allowed" in msg
+    assert "'dev/null'" in msg and "device nodes are not allowed" in msg and "devtmpfs" in msg
     assert not (root / "dev/null").exists()
 
 
@@ -359,6 +359,11 @@ def test_whiteout_of_dot_names_is_refused(tmp_path: Path, name: str) -> None:
     msg = _refused(root, [E(name)])
     assert "invalid name" in msg
     assert (root / "d/keep").read_bytes() == b"k"
+
+
+def test_file_as_parent_is_malformed_not_hostile(tmp_path: Path) -> None:
+    msg = _refused(tmp_path / "root", [E("f", data=b"x"), E("f/x", data=b"y")])
+    assert "its parent 'f' is not a directory" in msg and "malformed" in msg
 
 
 def test_garbage_layer_is_a_clear_error(tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
+_ESCAPE_HINT = "the image tries to write outside its root filesystem; do not use it"
+_MALFORMED_HINT = "the layer is malformed; rebuild the image with a standard tool"
+_DEVICE_HINT = "images should not carry device nodes: /dev is a devtmpfs at boot"
 
 
 class LayerError(KairosError):
@@ -179,11 +182,8 @@ class LayerApplier:
         finally:
             tree.close()
 
-    def _refuse(self, layer: str, name: str, why: str) -> LayerError:
-        return LayerError(
-            f"layer {layer}: entry '{name}' refused: {why}.",
-            hint="the image tries to write outside its root filesystem; do not use it",
-        )
+    def _refuse(self, layer: str, name: str, why: str, hint: str = _ESCAPE_HINT) -> LayerError:
+        return LayerError(f"layer {layer}: entry '{name}' refused: {why}.", hint=hint)
 
     def _entry(
         self,
@@ -209,17 +209,23 @@ class LayerApplier:
             if base.startswith(WHITEOUT_PREFIX):
                 hidden = base[len(WHITEOUT_PREFIX) :]
                 if hidden in ("", ".", ".."):
-                    raise self._refuse(layer, m.name, "whiteout of an invalid name")
+                    raise self._refuse(
+                        layer, m.name, "whiteout of an invalid name", _MALFORMED_HINT
+                    )
                 self._whiteout(tree, (*parts[:-1], hidden), created)
                 return
             self._write(tree, tar, m, parts, layer, dir_meta)
         except NotADirectoryError as exc:
             where = str(exc.args[0]) if exc.args else "?"
             target = _symlink_text(tree, _split(where))
-            shown = f"'{where}' -> '{target}'" if target else f"'{where}'"
-            raise self._refuse(
-                layer, m.name, f"it would be written through {shown}, which is not a directory"
-            ) from exc
+            if target:
+                why, hint = (
+                    f"it would be written through the symlink '{where}' -> '{target}'",
+                    _ESCAPE_HINT,
+                )
+            else:
+                why, hint = f"its parent '{where}' is not a directory", _MALFORMED_HINT
+            raise self._refuse(layer, m.name, why, hint) from exc
         # Ancestors count as written too: a whiteout or opaque marker later in this layer
         # must not remove the directories that hold this layer's own entries.
         for i in range(1, len(parts) + 1):
@@ -270,7 +276,9 @@ class LayerApplier:
         if m.issym() and _symlink_escapes(parts, m.linkname):
             raise self._refuse(layer, m.name, f"symlink target '{m.linkname}' leaves the root")
         if (m.ischr() or m.isblk()) and not self.options.allow_devices:
-            raise self._refuse(layer, m.name, "device nodes are not allowed in this image")
+            raise self._refuse(
+                layer, m.name, "device nodes are not allowed in this image", _DEVICE_HINT
+            )
         if m.islnk():
             why = _check_name(m.linkname) or ("" if _split(m.linkname) else "empty hardlink target")
             if why:
@@ -306,7 +314,9 @@ class LayerApplier:
                 self._owner(name, fd, m)
                 os.chmod(name, stat.S_IMODE(m.mode), dir_fd=fd, follow_symlinks=True)
             else:
-                raise self._refuse(layer, m.name, f"unsupported tar entry type {m.type!r}")
+                raise self._refuse(
+                    layer, m.name, f"unsupported tar entry type {m.type!r}", _MALFORMED_HINT
+                )
             os.utime(name, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
 
     def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dir_fd: int) -> None:
@@ -332,11 +342,17 @@ class LayerApplier:
                 st = _lstat(src_parts[-1], sfd)
                 if st is None:
                     raise self._refuse(
-                        layer, m.name, f"hardlink target '{m.linkname}' does not exist"
+                        layer,
+                        m.name,
+                        f"hardlink target '{m.linkname}' does not exist",
+                        _MALFORMED_HINT,
                     )
                 if stat.S_ISDIR(st.st_mode):
                     raise self._refuse(
-                        layer, m.name, f"hardlink target '{m.linkname}' is a directory"
+                        layer,
+                        m.name,
+                        f"hardlink target '{m.linkname}' is a directory",
+                        _MALFORMED_HINT,
                     )
                 os.link(
                     src_parts[-1], name, src_dir_fd=sfd, dst_dir_fd=dir_fd, follow_symlinks=False
@@ -347,7 +363,7 @@ class LayerApplier:
             ) from exc
         except FileNotFoundError as exc:
             raise self._refuse(
-                layer, m.name, f"hardlink target '{m.linkname}' does not exist"
+                layer, m.name, f"hardlink target '{m.linkname}' does not exist", _MALFORMED_HINT
             ) from exc
 
     def _meta_fd(self, fd: int, m: tarfile.TarInfo) -> None:

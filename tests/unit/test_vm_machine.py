@@ -113,3 +113,30 @@ def test_ssh_uses_sshpass_from_the_environment_not_argv(
     assert argv[-2:] == ("kairos@127.0.0.1", "cat /proc/cmdline")
     assert "kairos" not in argv[:-2]  # the password never shows in argv
     assert seen_env[-1]["SSHPASS"] == "kairos"
+
+
+def test_poweroff_asks_the_guest_over_ssh_with_sudo_reading_stdin(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[tuple[str, ...], bytes | None]] = []
+
+    def fake(argv: tuple[str, ...], **kw: object) -> tuple[int, bytes, bytes]:
+        seen.append((tuple(argv), kw["input"]))  # type: ignore[arg-type]
+        machine._proc.code = 0  # type: ignore[union-attr]  # the guest goes down
+        return 0, b"", b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    assert machine.poweroff(timeout=20) == 0
+    (argv, stdin) = seen[0]
+    assert "sudo -S -p '' systemctl --no-block poweroff" in argv[-1]
+    assert stdin == b"kairos\n"
+
+
+def test_poweroff_gives_up_at_the_deadline_when_nothing_answers(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kairos.run._spawn", lambda argv, **kw: (255, b"", b"refused"))
+    start = time.monotonic()
+    with pytest.raises(VMError, match="did not power off within 4 s"):
+        machine.poweroff(timeout=4)
+    assert time.monotonic() - start < 10

@@ -412,7 +412,7 @@ class Machine:
     def close(self) -> None:
         """Kill QEMU if it still runs and remove a temporary workdir."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.pid > 0 and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)

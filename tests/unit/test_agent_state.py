@@ -271,6 +271,62 @@ def test_lsblk_argv_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(devices) == 7
 
 
+BLKID = """\
+DEVNAME=/dev/vda2
+LABEL=COS_OEM
+UUID=fs-2
+BLOCK_SIZE=4096
+TYPE=ext4
+PARTLABEL=oem
+PARTUUID=p-2
+
+DEVNAME=/dev/vda3
+LABEL=my\\ label
+TYPE=ext4
+"""
+
+
+def test_parse_blkid() -> None:
+    probed = st.parse_blkid(BLKID)
+    assert probed["/dev/vda2"]["LABEL"] == "COS_OEM" and probed["/dev/vda2"]["TYPE"] == "ext4"
+    assert probed["/dev/vda3"]["LABEL"] == "my label"
+
+
+def test_without_udev_labels_come_from_blkid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lsblk reads labels from the udev database; with no udev they are all empty."""
+    bare = {"blockdevices": [{"name": "vda2", "path": "/dev/vda2", "mountpoint": "/oem"}]}
+    outputs = {"lsblk": json.dumps(bare), "blkid": BLKID}
+    calls: list[tuple[str, ...]] = []
+
+    def fake(argv: Any, **_: Any) -> tuple[int, bytes, bytes]:
+        calls.append(tuple(argv))
+        return 0, outputs[argv[0]].encode(), b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    monkeypatch.setattr("kairos.run.which", lambda tool: f"/usr/bin/{tool}")
+    (dev,) = st.list_block_devices(Context(root=Path("/")))
+    assert calls[1] == ("blkid", "-c", "/dev/null", "-o", "export")
+    assert (dev.label, dev.fstype, dev.partlabel, dev.mountpoint) == (
+        "COS_OEM",
+        "ext4",
+        "oem",
+        "/oem",
+    )
+
+
+def test_with_udev_blkid_is_not_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake(argv: Any, **_: Any) -> tuple[int, bytes, bytes]:
+        calls.append(argv[0])
+        return 0, json.dumps(LSBLK).encode(), b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    monkeypatch.setattr("kairos.run.which", lambda tool: f"/usr/bin/{tool}")
+    st.list_block_devices(Context(root=Path("/")))
+    assert calls == ["lsblk"]
+
+
 def test_lsblk_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("kairos.run._spawn", lambda argv, **_: (1, b"", b"lsblk: boom"))
     monkeypatch.setattr("kairos.run.which", lambda tool: f"/usr/bin/{tool}")

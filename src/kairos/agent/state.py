@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -170,6 +171,40 @@ def parse_lsblk(text: str) -> tuple[BlockDevice, ...]:
     return tuple(out)
 
 
+def parse_blkid(text: str) -> dict[str, dict[str, str]]:
+    """`blkid -o export`: blank-line separated KEY=value blocks, keyed by DEVNAME."""
+    out: dict[str, dict[str, str]] = {}
+    for block in text.strip().split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key.strip()] = re.sub(r"\\(.)", r"\1", value)
+        if "DEVNAME" in fields:
+            out[fields["DEVNAME"]] = fields
+    return out
+
+
+def merge_blkid(
+    devices: Sequence[BlockDevice], probed: Mapping[str, Mapping[str, str]]
+) -> tuple[BlockDevice, ...]:
+    """Fill label, type and uuids that lsblk could not see from a direct probe."""
+    out = []
+    for dev in devices:
+        info = probed.get(dev.path, {})
+        out.append(
+            replace(
+                dev,
+                label=dev.label or info.get("LABEL", ""),
+                fstype=dev.fstype or info.get("TYPE", ""),
+                uuid=dev.uuid or info.get("UUID", ""),
+                partuuid=dev.partuuid or info.get("PARTUUID", ""),
+                partlabel=dev.partlabel or info.get("PARTLABEL", ""),
+            )
+        )
+    return tuple(out)
+
+
 def _unescape_mount(text: str) -> str:
     """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
@@ -320,7 +355,13 @@ def list_block_devices(ctx: Context) -> tuple[BlockDevice, ...]:
     if result.returncode != 0:
         log.warning("lsblk failed: %s", result.stderr.strip())
         return ()
-    return parse_lsblk(result.stdout)
+    devices = parse_lsblk(result.stdout)
+    if devices and not any(d.fstype for d in devices) and which("blkid") is not None:
+        # lsblk takes labels from the udev database; without udev (containers, early boot)
+        # every label is empty, so probe the devices directly.
+        probe = run(["blkid", "-c", "/dev/null", "-o", "export"], check=False, timeout=30)
+        devices = merge_blkid(devices, parse_blkid(probe.stdout))
+    return devices
 
 
 def _hostname(ctx: Context) -> str:

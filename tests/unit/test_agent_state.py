@@ -85,7 +85,7 @@ def installed(tmp_path: Path, sentinel: str = "active_mode") -> Context:
             "/proc/sys/kernel/hostname": "node-1\n",
             "/etc/machine-id": "0123456789abcdef0123456789abcdef\n",
             "/etc/kairos-release": RELEASE,
-            "/usr/lib/systemd/systemd": "",
+            "/usr/bin/systemctl": "",
         },
     )
 
@@ -230,8 +230,24 @@ def test_installed_node(tmp_path: Path) -> None:
     assert runtime.kairos.version == "v0.3.0" and runtime.kairos.flavor == "debian"
     assert runtime.kairos.init == "systemd"
     assert runtime.hostname == "node-1"
-    assert runtime.uuid and runtime.uuid == st.collect(installed(tmp_path), fake_lsblk).uuid
+    assert runtime.uuid == "0123456789abcdef0123456789abcdef-node-1"
     assert not runtime.upgrade_failure and not runtime.in_ram
+
+
+def test_release_lookup_follows_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KAIROS_KEY then KEY, in kairos-release then os-release (upstream OSRelease)."""
+    ctx = node(
+        tmp_path,
+        {
+            "/etc/kairos-release": "FLAVOR=alpine\n",
+            "/etc/os-release": 'KAIROS_VERSION="v9"\nVERSION="12 (bookworm)"\n',
+            "/sbin/openrc": "",
+        },
+    )
+    info = st.collect(ctx, devices=lambda _: ()).kairos
+    assert (info.flavor, info.version, info.init) == ("alpine", "v9", "openrc")
+    monkeypatch.setenv("UUID", "fixed-id")
+    assert st.collect(ctx, devices=lambda _: ()).uuid == "fixed-id"
 
 
 def test_fallback_is_reported_with_its_reason(tmp_path: Path) -> None:

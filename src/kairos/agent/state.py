@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -372,40 +372,66 @@ def _hostname(ctx: Context) -> str:
     return ""
 
 
+_SYSTEMD_MARKERS = (
+    "/run/systemd/system",
+    "/sbin/systemctl",
+    "/usr/bin/systemctl",
+    "/usr/sbin/systemctl",
+)
+_OPENRC_MARKERS = ("/sbin/openrc", "/usr/sbin/openrc", "/bin/openrc", "/usr/bin/openrc")
+
+
 def _init_system(ctx: Context) -> str:
-    if ctx.path("/run/systemd/system").is_dir():
+    """Upstream's GetInit: the first marker found names the init system."""
+    if any(ctx.path(p).exists() for p in _SYSTEMD_MARKERS):
         return "systemd"
-    if ctx.path("/sbin/openrc").exists() or ctx.path("/usr/sbin/openrc").exists():
+    if any(ctx.path(p).exists() for p in _OPENRC_MARKERS):
         return "openrc"
-    if any(ctx.path(p).exists() for p in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd")):
-        return "systemd"
     return "unknown"
 
 
+def _release_value(
+    kairos_release: Mapping[str, str], os_release: Mapping[str, str], key: str
+) -> str:
+    """Upstream's OSRelease lookup: KAIROS_KEY, then KEY, in kairos-release then os-release."""
+    for release in (kairos_release, os_release):
+        for name in (f"KAIROS_{key}", key):
+            if name in release:
+                return release[name]
+    return ""
+
+
 def _kairos(ctx: Context) -> KairosInfo:
-    # Older images kept the KAIROS_* keys in os-release; kairos-release wins when present.
-    release = parse_release(_read(ctx, "/etc/os-release") or "")
-    release.update(parse_release(_read(ctx, "/etc/kairos-release") or ""))
+    kairos_release = parse_release(_read(ctx, "/etc/kairos-release") or "")
+    os_release = parse_release(_read(ctx, "/etc/os-release") or "")
     secure = _efivar(ctx, f"SecureBoot-{EFI_GLOBAL}")
+
+    def kairos_only(key: str) -> str:
+        return kairos_release.get(f"KAIROS_{key}") or os_release.get(f"KAIROS_{key}", "")
+
     return KairosInfo(
-        flavor=release.get("KAIROS_FLAVOR", ""),
-        flavor_release=release.get("KAIROS_FLAVOR_RELEASE", ""),
-        version=release.get("KAIROS_VERSION", ""),
-        family=release.get("KAIROS_FAMILY", ""),
-        variant=release.get("KAIROS_VARIANT", ""),
-        model=release.get("KAIROS_MODEL", ""),
-        arch=release.get("KAIROS_ARCH", ""),
+        flavor=_release_value(kairos_release, os_release, "FLAVOR"),
+        flavor_release=kairos_only("FLAVOR_RELEASE"),
+        version=_release_value(kairos_release, os_release, "VERSION"),
+        family=kairos_only("FAMILY"),
+        variant=kairos_only("VARIANT"),
+        model=kairos_only("MODEL"),
+        arch=kairos_only("ARCH"),
         init=_init_system(ctx),
         secureboot=secure is not None and secure[-1:] == b"\x01",
     )
 
 
 def _node_uuid(ctx: Context, hostname: str) -> str:
-    """Stable per machine: derived from machine-id and hostname (as upstream does)."""
-    machine_id = (_read(ctx, "/etc/machine-id") or "").strip()
-    if not machine_id and not hostname:
-        return ""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, machine_id + hostname))
+    """Upstream's form: `$UUID` if set, else `<machine-id>-<hostname>`."""
+    if os.environ.get("UUID"):
+        return os.environ["UUID"]
+    machine_id = ""
+    for path in ("/var/lib/dbus/machine-id", "/etc/machine-id"):
+        machine_id = (_read(ctx, path) or "").strip()
+        if machine_id:
+            break
+    return f"{machine_id}-{hostname}"
 
 
 def collect(

@@ -597,3 +597,37 @@ def test_systemd_firstboot_argv(root: Path, recorded_commands: list[tuple[str, .
             "--timezone=UTC",
         )
     ]
+
+
+def test_user_fields_cannot_forge_account_lines(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(
+        root,
+        "u.yaml",
+        """
+        stages:
+          boot:
+            - users:
+                "evil:x:0:0":
+                  passwd: x
+                ok:
+                  gecos: "a:0:0:root"
+                  shell: "/bin/sh\\nroot2::0:0::/:/bin/sh"
+                  groups: ["sudo:x"]
+        """,
+    )
+    before = (root / "etc/passwd").read_text()
+    assert run_stage(root, "boot", "--strict") == 1
+    err = capsys.readouterr().err
+    assert "invalid user name 'evil:x:0:0'" in err
+    assert "users.ok.gecos: must not contain ':'" in err
+    assert "users.ok.shell: must not contain ':'" in err
+    assert "invalid group name 'sudo:x'" in err
+    assert (root / "etc/passwd").read_text() == before
+
+
+def test_uid_taken_by_another_user(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(root, "u.yaml", "stages:\n  boot:\n    - users:\n        bob: {uid: 4242}\n")
+    assert run_stage(root, "boot", "--strict") == 1
+    assert "uid 4242 already belongs to 'app'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ run) and unknown keys into warnings, so a typo is visible instead of silently dr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,7 @@ from kairos.stages.model import (
 )
 
 P = tuple[str | int, ...]
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
 
 UNSUPPORTED_KEYS = (
     "git",
@@ -247,7 +249,7 @@ def _user(r: _Reader, name: str, m: Mapping[str, Any], path: P) -> User:
     for key in m:
         if key not in _USER_KEYS:
             r.warn((*path, str(key)), "unknown user key, ignored")
-    return User(
+    user = User(
         name=name,
         passwd=r.string(m, "passwd", path),
         lock_passwd=r.boolean(m, "lock_passwd", path),
@@ -261,6 +263,20 @@ def _user(r: _Reader, name: str, m: Mapping[str, Any], path: P) -> User:
         gecos=r.string(m, "gecos", path),
         ssh_authorized_keys=r.strings(m, "ssh_authorized_keys", path),
     )
+    # These land in colon-separated files: a ':' or newline would forge another field or line.
+    if not _NAME.match(name):
+        r.error(path, f"invalid user name {name!r}", "letters, digits, '_', '-', '.'")
+    for key in ("gecos", "homedir", "shell", "primary_group"):
+        if any(c in getattr(user, key) for c in ":\n"):
+            r.error((*path, key), "must not contain ':' or a newline")
+    for i, group in enumerate(user.groups):
+        if not _NAME.match(group):
+            r.error((*path, "groups", i), f"invalid group name {group!r}")
+    if user.passwd.startswith("$") and any(c in user.passwd for c in ":\n"):
+        r.error((*path, "passwd"), "a hash must not contain ':' or a newline")
+    if user.uid is not None and not 0 <= user.uid < 2**31:
+        r.error((*path, "uid"), f"uid {user.uid} out of range")
+    return user
 
 
 def _users(r: _Reader, m: Mapping[str, Any], path: P) -> tuple[User, ...]:

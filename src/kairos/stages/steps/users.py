@@ -71,6 +71,9 @@ def apply_user(ctx: Context, accounts: Accounts, user: User) -> tuple[int, int, 
     existing = accounts.user(user.name)
     if user.uid is not None:
         uid = user.uid
+        taken = next((r[0] for r in accounts.passwd.rows if r[2:3] == [str(uid)]), user.name)
+        if taken != user.name:
+            raise KairosError(f"users: {user.name}: uid {uid} already belongs to {taken!r}.")
     elif existing is not None:
         uid = int(existing[2])
     else:

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kairos.context import Context
 from kairos.stages import loader, runner
-from kairos.stages.model import Layout, Partition, Step
+from kairos.stages.model import Layout, Partition, StageFile, Step
 from kairos.stages.steps import layout as layout_step
 from kairos.stages.steps import plugins
 from tests.unit.stages_helpers import make_root, run_stage, write_config
@@ -560,3 +562,47 @@ def main_args(root: Path, *args: str) -> int:
     from kairos.cli import main
 
     return main(["--root", str(root), *args])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 7), max_size=3), min_size=1, max_size=8))
+def test_plan_order_property(afters: list[list[int]]) -> None:
+    """Any `after:` graph: every step runs once, after what it names; only cycles block."""
+    n = len(afters)
+    steps = tuple(
+        Step(root_name="f", index=i, name=f"s{i}", after=tuple(f"f.s{j}" for j in a if j < n))
+        for i, a in enumerate(afters)
+    )
+    plan = runner.plan_stage([StageFile(source="f", name="f", stages={"boot": steps})], "boot")
+    order = [op.step.index for op in plan.ops]
+    assert len(order) == len(set(order))
+    position = {i: k for k, i in enumerate(order)}
+    for i in order:
+        for j in steps[i].after:
+            target = int(j.removeprefix("f.s"))
+            if target != i:
+                assert position[target] < position[i]
+
+    # The steps left out are exactly those on or behind an `after:` cycle.
+    graph = {i: {int(j.removeprefix("f.s")) for j in s.after} - {i} for i, s in enumerate(steps)}
+    runnable: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for i, deps in graph.items():
+            if i not in runnable and deps <= runnable:
+                runnable.add(i)
+                changed = True
+    assert set(order) == runnable
+    assert bool(plan.problems) == (runnable != set(graph))
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    from kairos.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run-stage", "--help"])
+    out = capsys.readouterr().out
+    assert "kairos-agent run-stage boot --analyze" in out
+    for flag in ("--strict", "--cloud-init-paths", "--override-cloud-init-paths", "--analyze"):
+        assert flag in out

@@ -52,7 +52,10 @@ def make_root(base: Path) -> Path:
     (root / "etc/shadow").write_text(SHADOW)
     (root / "etc/gshadow").write_text(GSHADOW)
     (root / "etc/shadow").chmod(0o640)
-    (root / "etc/os-release").write_text('ID=debian\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n')
+    (root / "etc/os-release").write_text(
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nNAME="Debian GNU/Linux"\n'
+        'VERSION_ID="12"\n'
+    )
     (root / "etc/hostname").write_text("oldname\n")
     units = root / "lib/systemd/system"
     units.mkdir(parents=True)

@@ -219,6 +219,7 @@ def test_static_conditions(root: Path) -> None:
         "stages:\n  boot:"
         + _mark_step("OS", "only_os: deb.*")
         + _mark_step("NOTOS", "only_os: alpine")
+        + _mark_step("PRETTY", "only_os: 'bookworm'")
         + _mark_step("VER", "only_os_version: '^12$'")
         + _mark_step("ARCH", f"only_arch: {arch}")
         + _mark_step("NOARCH", "only_arch: riscv128")
@@ -234,6 +235,7 @@ def test_static_conditions(root: Path) -> None:
     assert run_stage(root, "boot", "--strict") == 0
     assert _marks(root) == [
         "OS=1",
+        "PRETTY=1",
         "VER=1",
         "ARCH=1",
         "SYSTEMD=1",

@@ -37,7 +37,8 @@ def skip_reason(cond: Conditions, ctx: Context, run_if: bool = True) -> str | No
             return f"if: {cond.if_!r} exited {result.returncode}"
     release = sysinfo.os_release(ctx) if cond.only_os or cond.only_os_version else {}
     if cond.only_os:
-        names = (release.get("ID", ""), release.get("NAME", ""))
+        # yip matches sysinfo's OS name (PRETTY_NAME); ID and NAME are accepted as well.
+        names = (release.get("ID", ""), release.get("PRETTY_NAME", ""), release.get("NAME", ""))
         if not _matches(cond.only_os, names):
             return f"only_os {cond.only_os!r} does not match {names[0] or 'unknown'!r}"
     if cond.only_os_version and not _matches(

@@ -190,6 +190,8 @@ def check(source: Source) -> None:
             f"(skopeo copy docker://{source.reference} oci-archive:image.tar) "
             "and use ocifile:image.tar or oci-dir:DIR"
         )
+    if len(problems) == 1:
+        raise SourceError(f"source '{source.spec}': {problems[0]}.", hint=hint)
     if problems:
         raise SourceError(
             f"source '{source.spec}' cannot be used:\n  " + "\n  ".join(problems) + ".", hint=hint

@@ -362,7 +362,10 @@ def test_modules(root: Path) -> None:
 
 def test_timesyncd(root: Path) -> None:
     (root / "etc/systemd").mkdir(parents=True)
-    (root / "etc/systemd/timesyncd.conf").write_text("[Time]\nNTP=old.example\n")
+    (root / "etc/systemd/timesyncd.conf").write_text("[Time]\n#NTP=\n")
+    dropin = root / "etc/systemd/timesyncd.conf.d/10-yip.conf"
+    dropin.parent.mkdir()
+    dropin.write_text("[Time]\nNTP=old.example\nRootDistanceMaxSec=5\n")
     write_config(
         root,
         "t.yaml",
@@ -375,11 +378,13 @@ def test_timesyncd(root: Path) -> None:
         """,
     )
     assert run_stage(root, "boot", "--strict") == 0
-    text = (root / "etc/systemd/timesyncd.conf").read_text()
-    assert "[Time]" in text
-    assert "NTP=0.pool.ntp.org" in text.splitlines()
-    assert "FallbackNTP=1.pool.ntp.org" in text.splitlines()
-    assert "old.example" not in text
+    assert dropin.read_text().split() == [
+        "[Time]",
+        "NTP=0.pool.ntp.org",
+        "RootDistanceMaxSec=5",
+        "FallbackNTP=1.pool.ntp.org",
+    ]
+    assert (root / "etc/systemd/timesyncd.conf").read_text() == "[Time]\n#NTP=\n"
 
 
 def test_systemctl_enable_disable_mask_overrides(root: Path) -> None:
@@ -411,7 +416,7 @@ def test_systemctl_enable_disable_mask_overrides(root: Path) -> None:
     )
     assert (etc / "getty.target.wants/getty@tty1.service").is_symlink()  # DefaultInstance
     assert os.readlink(etc / "systemd-networkd-wait-online.service") == "/dev/null"
-    assert (etc / "ssh.service.d/override-kairos.conf").read_text() == "[Service]\nRestart=always\n"
+    assert (etc / "ssh.service.d/override-yip.conf").read_text() == "[Service]\nRestart=always\n"
     assert (etc / "getty@tty2.service.d/10-term.conf").exists()
 
     write_config(root, "sc.yaml", "stages:\n  boot:\n    - systemctl:\n        disable: [ssh]\n")

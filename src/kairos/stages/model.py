@@ -138,7 +138,7 @@ class Entity:
 class Override:
     service: str
     content: str
-    name: str = "override-kairos.conf"
+    name: str = "override-yip.conf"
 
 
 @dataclass(frozen=True)

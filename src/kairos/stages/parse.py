@@ -410,13 +410,15 @@ def _systemctl(r: _Reader, m: Mapping[str, Any], path: P) -> Systemctl | None:
     p = (*path, "systemctl")
     overrides = []
     for opath, o in r.items(raw, "overrides", p):
-        name = r.string(o, "name", opath) or "override-kairos.conf"
+        name = r.string(o, "name", opath) or "override-yip.conf"
         if not name.endswith(".conf"):
             name += ".conf"
+        # Upstream's names: the file is `override-yip.conf` unless named, so configs that
+        # override it again by name keep working.
         overrides.append(
             Override(
                 service=r.required(o, "service", opath),
-                content=r.string(o, "content", opath),
+                content=r.required(o, "content", opath),
                 name=name,
             )
         )

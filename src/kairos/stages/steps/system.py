@@ -21,7 +21,8 @@ log = logging.getLogger("kairos.stages")
 
 SYSCTL_FILE = "/etc/sysctl.d/99-kairos.conf"
 MODULES_FILE = "/etc/modules-load.d/kairos.conf"
-TIMESYNCD_FILE = "/etc/systemd/timesyncd.conf"
+# A drop-in, under upstream's name: the distribution's own timesyncd.conf stays untouched.
+TIMESYNCD_FILE = "/etc/systemd/timesyncd.conf.d/10-yip.conf"
 ENVIRONMENT_FILE = "/etc/environment"
 
 

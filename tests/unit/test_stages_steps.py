@@ -223,11 +223,14 @@ def test_commands_run_chrooted(root: Path, recorded_commands: list[tuple[str, ..
 
 
 def test_hostname(root: Path) -> None:
-    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\toldname\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\toldname\n::1 localhost\n")
     write_config(root, "h.yaml", "stages:\n  initramfs:\n    - hostname: node-7\n")
     assert run_stage(root, "initramfs", "--strict") == 0
     assert (root / "etc/hostname").read_text() == "node-7\n"
-    assert (root / "etc/hosts").read_text() == "127.0.0.1\tlocalhost\n127.0.1.1\tnode-7\n"
+    assert (root / "etc/hosts").read_text() == "127.0.0.1\tlocalhost node-7\n::1 localhost\n"
+    (root / "etc/hosts").unlink()
+    assert run_stage(root, "initramfs", "--strict") == 0
+    assert (root / "etc/hosts").read_text() == "127.0.0.1\tlocalhost node-7\n"
 
 
 def test_sysctl_persisted_and_merged(root: Path) -> None:

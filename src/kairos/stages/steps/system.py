@@ -31,13 +31,16 @@ def apply_hostname(step: Step, ctx: Context) -> None:
     if not name or len(name) > 64 or any(c.isspace() for c in name):
         raise KairosError(f"{step.where}: invalid hostname {step.hostname!r}.")
     write_atomic(ctx, "/etc/hostname", f"{name}\n".encode())
-    # Debian's convention: the host's own name on 127.0.1.1, so sudo and friends resolve it.
-    hosts = [
-        ln for ln in read_text(ctx, "/etc/hosts").splitlines() if not ln.startswith("127.0.1.1")
-    ]
+    # As upstream: the 127.0.0.1 line names localhost and the host. Debian's 127.0.1.1 line
+    # would keep resolving the old name, so it goes.
+    hosts = []
+    for line in read_text(ctx, "/etc/hosts").splitlines():
+        first = line.split()[:1]
+        if first == ["127.0.1.1"]:
+            continue
+        hosts.append(f"127.0.0.1\tlocalhost {name}" if first == ["127.0.0.1"] else line)
     if not any(ln.split()[:1] == ["127.0.0.1"] for ln in hosts):
-        hosts.insert(0, "127.0.0.1\tlocalhost")
-    hosts.append(f"127.0.1.1\t{name}")
+        hosts.insert(0, f"127.0.0.1\tlocalhost {name}")
     write_atomic(ctx, "/etc/hosts", ("\n".join(hosts) + "\n").encode())
     if ctx.is_host_root:
         socket.sethostname(name)

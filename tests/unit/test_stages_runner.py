@@ -305,8 +305,12 @@ def test_analyze_reports_problems_exit_1(root: Path, capsys: pytest.CaptureFixtu
 def test_cloud_init_paths_and_override(root: Path, tmp_path: Path) -> None:
     write_config(root, "a.yaml", "stages:\n  boot:" + _mark_step("OEM"))
     write_config(root, "x.yaml", "stages:\n  boot:" + _mark_step("EXTRA"), where="extra")
-    assert run_stage(root, "boot", "--cloud-init-paths", "/extra/x.yaml") == 0
+    write_config(root, "y.yaml", "stages:\n  boot:" + _mark_step("Y"), where="more")
+    assert run_stage(root, "--cloud-init-paths", "/extra/x.yaml", "boot") == 0
     assert _marks(root) == ["OEM=1", "EXTRA=1"]
+    (root / "marks").unlink()
+    assert run_stage(root, "boot", "--cloud-init-paths", "/more,/extra/x.yaml") == 0
+    assert _marks(root) == ["OEM=1", "Y=1", "EXTRA=1"]
     (root / "marks").unlink()
     assert (
         run_stage(root, "boot", "--cloud-init-paths", "/extra", "--override-cloud-init-paths") == 0

@@ -33,11 +33,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--cloud-init-paths",
         dest="cloud_init_paths",
-        action="extend",
-        nargs="+",
+        action="append",
         default=[],
-        metavar="P",
-        help="extra files, directories or URLs to read stages from",
+        metavar="P[,P...]",
+        help="extra files, directories or URLs to read stages from (repeatable, comma-separated)",
     )
     p.add_argument(
         "--override-cloud-init-paths",
@@ -59,7 +58,9 @@ def run_stage(args: argparse.Namespace, ctx: Context) -> int:
 
     from kairos.stages import loader, runner
 
-    paths = loader.stage_paths(args.cloud_init_paths, args.override_paths)
+    # As upstream's string-slice flag: repeated, or comma-separated in one value.
+    extra = [p for value in args.cloud_init_paths for p in value.split(",") if p]
+    paths = loader.stage_paths(extra, args.override_paths)
     files = loader.load_sources(ctx, paths)
     if args.analyze:
         lines, problems = runner.analyze(ctx, args.stage, files)

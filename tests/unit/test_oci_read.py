@@ -184,8 +184,29 @@ def test_docker_save_layer_digest_is_checked_against_diff_ids(tmp_path: Path) ->
             if m.name.endswith("layer.tar"):
                 data = data.replace(b"ID=test", b"ID=evil")
             dst.addfile(m, io.BytesIO(data))
-    with pytest.raises(oci.ImageError, match="does not match the config's diff_id"):
+    with pytest.raises(oci.ImageError, match="corrupt image"):
         oci.extract(tmp_path / "bad.tar", tmp_path / "root")
+    assert not (tmp_path / "root").exists()  # refused before anything was written
+
+
+def test_diff_id_is_checked_while_applying(tmp_path: Path) -> None:
+    """A compressed layer whose uncompressed content is not the config's diff_id."""
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, [L1])
+    image = oci.read_image(oci.DirStore(layout))
+    cfg_path = layout / image.config.path
+    cfg = json.loads(cfg_path.read_text())
+    cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    data = json.dumps(cfg).encode()
+    manifest_path = layout / image.manifest.path  # type: ignore[union-attr]
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"].update(digest=_put(layout, data), size=len(data))
+    mdata = json.dumps(manifest).encode()
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].update(digest=_put(layout, mdata), size=len(mdata))
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(oci.ImageError, match="does not match the config's diff_id"):
+        oci.extract(layout, tmp_path / "root")
 
 
 def test_corrupt_blob_is_refused_before_anything_is_written(tmp_path: Path) -> None:

@@ -417,14 +417,21 @@ def read_image(store: Store, arch: str | None = None) -> Image:
 
 
 def verify(store: Store, image: Image, progress: Progress | None = None) -> None:
-    """Hash every layer blob that has a digest; raise one error listing every mismatch."""
+    """Hash every layer blob before anything is written; raise one error listing every mismatch.
+
+    A blob is checked against its manifest digest; an old docker-save `layer.tar` has none,
+    but it is an uncompressed tar, so its own hash must be the config's diff_id.
+    """
     problems = []
     total = sum(layer.blob.size or 0 for layer in image.layers) or 1
     done = 0
     for layer in image.layers:
         blob = layer.blob
-        if blob.digest is None:
-            continue
+        expected = blob.digest
+        if expected is None and layer.diff_id and _sniff(store, blob.path) == Compression.NONE:
+            expected = layer.diff_id
+        if expected is None:
+            continue  # checked against its diff_id while it is applied
         h = hashlib.sha256()
         n = 0
         with store.open(blob.path) as f:
@@ -434,8 +441,8 @@ def verify(store: Store, image: Image, progress: Progress | None = None) -> None
                 if progress:
                     progress.bar("verify", done + n, total)
         done += n
-        if "sha256:" + h.hexdigest() != blob.digest:
-            problems.append(f"{blob.path}: content does not match its digest {blob.digest}")
+        if "sha256:" + h.hexdigest() != expected:
+            problems.append(f"{blob.path}: content does not match its digest {expected}")
         elif blob.size is not None and blob.size != n:
             problems.append(f"{blob.path}: size {n} differs from the manifest's {blob.size}")
     if problems:

@@ -612,3 +612,19 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kairos-agent run-stage boot --analyze" in out
     for flag in ("--strict", "--cloud-init-paths", "--override-cloud-init-paths", "--analyze"):
         assert flag in out
+
+
+def test_unexpected_plugin_bug_non_strict_goes_on(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(step: Step, ctx: Context) -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr("kairos.stages.steps.system.apply_hostname", boom)
+    write_config(root, "b.yaml", "stages:\n  boot:\n    - hostname: x\n" + _mark_step("AFTER")[1:])
+    assert run_stage(root, "boot") == 0
+    assert _marks(root) == ["AFTER=1"]
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError" in err and "Traceback" in err
+    with pytest.raises(ZeroDivisionError):
+        run_stage(root, "boot", "--strict")

@@ -203,6 +203,12 @@ def apply_step(ctx: Context, stage: str, step: Step, report: Report, strict: boo
         except (KairosError, OSError) as exc:
             text = exc.message if isinstance(exc, KairosError) else str(exc)
             _fail(report, strict, f"{stage}: {step.op_name}: {plugin.name}: {text}")
+        except Exception as exc:
+            if strict:
+                raise
+            # A bug in one plug-in must not stop the node's boot: keep the traceback, go on.
+            log.exception("%s: %s: %s: unexpected error", stage, step.op_name, plugin.name)
+            report.errors.append(f"{stage}: {step.op_name}: {plugin.name}: unexpected: {exc!r}")
     report.ran.append(step.op_name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,35 @@ def test_cli_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main(argv)
         out = capsys.readouterr().out
         assert "examples:" in out and "kairos-agent state" in out
+
+
+@pytest.mark.integration
+def test_real_lsblk_finds_a_labelled_loop_device(tmp_path: Path) -> None:
+    """Real lsblk (and blkid where udev is absent) on a throwaway image file."""
+    from kairos.run import run, which
+
+    if not all(which(t) for t in ("losetup", "mkfs.ext4", "mount", "umount", "lsblk")):
+        pytest.skip("util-linux/e2fsprogs tools missing")
+    image, mnt = tmp_path / "oem.img", tmp_path / "mnt"
+    image.write_bytes(b"")
+    os.truncate(image, 32 << 20)
+    mnt.mkdir()
+    try:
+        loop = run(["losetup", "--find", "--show", image]).stdout.strip()
+    except st.KairosError as exc:
+        pytest.skip(f"no loop devices here: {exc}")
+    try:
+        run(["mkfs.ext4", "-q", "-L", "COS_OEM", loop])
+        run(["mount", "-o", "ro", loop, mnt])
+        try:
+            ours = [d for d in st.list_block_devices(Context(root=Path("/"))) if d.path == loop]
+            mounts = st.parse_mounts(Path("/proc/mounts").read_text())
+        finally:
+            run(["umount", mnt])
+    finally:
+        run(["losetup", "-d", loop])
+    assert len(ours) == 1
+    oem = st._partition(ours, st.Label.OEM, mounts)
+    assert (oem.found, oem.filesystemlabel, oem.type) == (True, "COS_OEM", "ext4")
+    assert oem.mounted and oem.mount_point == str(mnt) and oem.read_only
+    assert oem.size_bytes == 32 << 20

@@ -486,14 +486,13 @@ def test_unsupported_keys_warn_and_continue(root: Path, capsys: pytest.CaptureFi
         """
         stages:
           boot:
-            - git:
-                url: https://example.org/repo.git
-                path: /opt/repo
-              unpack_images:
+            - unpack_images:
                 - source: quay.io/x/y:z
                   target: /opt/y
               datasource:
                 providers: [cdrom]
+              package_pins:
+                curl: "8.*"
               files:
                 - path: /etc/after-unsupported
                   content: ok
@@ -501,7 +500,7 @@ def test_unsupported_keys_warn_and_continue(root: Path, capsys: pytest.CaptureFi
     )
     assert run_stage(root, "boot", "--strict") == 0
     err = capsys.readouterr().err
-    for key in ("git", "unpack_images", "datasource"):
+    for key in ("unpack_images", "datasource", "package_pins"):
         assert f"'{key}' is not supported yet" in err
     assert (root / "etc/after-unsupported").read_text() == "ok"
 
@@ -639,3 +638,78 @@ def test_uid_taken_by_another_user(root: Path, capsys: pytest.CaptureFixture[str
     write_config(root, "u.yaml", "stages:\n  boot:\n    - users:\n        bob: {uid: 4242}\n")
     assert run_stage(root, "boot", "--strict") == 1
     assert "uid 4242 already belongs to 'app'" in capsys.readouterr().err
+
+
+def _git(*args: str | Path) -> str:
+    from kairos.run import run
+
+    ident = ["-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
+    return run(["git", *ident, *args]).stdout.strip()
+
+
+def test_git_clone_then_update(root: Path, tmp_path: Path, allow_commands: None) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _git("-C", origin, "init", "-q")
+    (origin / "README").write_text("v1\n")
+    _git("-C", origin, "add", "README")
+    _git("-C", origin, "commit", "-qm", "v1")
+    _git("-C", origin, "checkout", "-qb", "release")
+    (origin / "README").write_text("release\n")
+    _git("-C", origin, "commit", "-qam", "release")
+    write_config(
+        root,
+        "g.yaml",
+        f"""
+        stages:
+          boot:
+            - git:
+                url: file://{origin}
+                path: /opt/app
+                branch: main
+                branch_only: true
+        """,
+    )
+    assert run_stage(root, "boot", "--strict") == 0
+    assert (root / "opt/app/README").read_text() == "v1\n"
+    _git("-C", origin, "checkout", "-q", "main")
+    (origin / "README").write_text("v2\n")
+    _git("-C", origin, "commit", "-qam", "v2")
+    (root / "opt/app/README").write_text("local change\n")
+    assert run_stage(root, "boot", "--strict") == 0
+    assert (root / "opt/app/README").read_text() == "v2\n"
+
+
+def test_git_credentials_are_redacted(
+    root: Path, recorded_commands: list[tuple[str, ...]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(
+        root,
+        "g.yaml",
+        """
+        stages:
+          boot:
+            - git:
+                url: https://git.example.org/team/repo.git
+                path: /opt/repo
+                auth: {username: bot, password: "s3cr3t/pw"}
+        """,
+    )
+    assert main_debug(root) == 0
+    assert recorded_commands == [
+        (
+            "git",
+            "clone",
+            "https://bot:s3cr3t%2Fpw@git.example.org/team/repo.git",
+            str(root / "opt/repo"),
+        )
+    ]
+    err = capsys.readouterr().err
+    assert "+ git clone" in err  # the --debug command line is logged...
+    assert "s3cr3t" not in err  # ...without the password
+
+
+def main_debug(root: Path) -> int:
+    from kairos.cli import main
+
+    return main(["--debug", "--root", str(root), "run-stage", "boot", "--strict"])

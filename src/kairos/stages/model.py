@@ -84,6 +84,23 @@ class Download:
 
 
 @dataclass(frozen=True)
+class GitAuth:
+    username: str = ""
+    password: str = ""
+    private_key: str = ""
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Git:
+    url: str
+    path: str
+    branch: str = ""
+    branch_only: bool = False
+    auth: GitAuth = field(default_factory=GitAuth)
+
+
+@dataclass(frozen=True)
 class Directory:
     path: str
     permissions: int | None = None
@@ -189,6 +206,7 @@ class Step:
     conditions: Conditions = field(default_factory=Conditions)
     dns: Dns | None = None
     downloads: tuple[Download, ...] = ()
+    git: Git | None = None
     ensure_entities: tuple[Entity, ...] = ()
     directories: tuple[Directory, ...] = ()
     files: tuple[File, ...] = ()

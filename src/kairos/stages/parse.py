@@ -21,6 +21,8 @@ from kairos.stages.model import (
     Entity,
     EntityKind,
     File,
+    Git,
+    GitAuth,
     IfFiles,
     Layout,
     Override,
@@ -37,7 +39,6 @@ P = tuple[str | int, ...]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
 
 UNSUPPORTED_KEYS = (
-    "git",
     "datasource",
     "package_pins",
     "unpack_images",
@@ -72,6 +73,7 @@ STEP_KEYS = frozenset(
         "ensure_entities",
         "delete_entities",
         "systemd_firstboot",
+        "git",
         *UNSUPPORTED_KEYS,
     }
 )
@@ -403,6 +405,29 @@ def _entities(r: _Reader, m: Mapping[str, Any], key: str, path: P) -> tuple[Enti
     return tuple(out)
 
 
+def _git(r: _Reader, m: Mapping[str, Any], path: P) -> Git | None:
+    raw = r.mapping(m, "git", path)
+    if raw is None:
+        return None
+    p = (*path, "git")
+    auth = r.mapping(raw, "auth", p) or {}
+    ap = (*p, "auth")
+    if auth.get("public_key"):
+        r.warn((*ap, "public_key"), "not needed by the git client, ignored")
+    return Git(
+        url=r.required(raw, "url", p),
+        path=r.required(raw, "path", p),
+        branch=r.string(raw, "branch", p),
+        branch_only=r.boolean(raw, "branch_only", p),
+        auth=GitAuth(
+            username=r.string(auth, "username", ap),
+            password=r.string(auth, "password", ap),
+            private_key=r.string(auth, "private_key", ap),
+            insecure=r.boolean(auth, "insecure", ap),
+        ),
+    )
+
+
 def _systemctl(r: _Reader, m: Mapping[str, Any], path: P) -> Systemctl | None:
     raw = r.mapping(m, "systemctl", path)
     if raw is None:
@@ -504,6 +529,7 @@ def parse_step(
         dns=dns,
         ensure_entities=_entities(r, m, "ensure_entities", path),
         delete_entities=_entities(r, m, "delete_entities", path),
+        git=_git(r, m, path),
         downloads=tuple(
             Download(
                 path=r.required(d, "path", p),

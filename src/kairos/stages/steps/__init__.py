@@ -34,6 +34,7 @@ def plugins() -> tuple[StepType, ...]:
     import kairos.stages.steps.commands as commands
     import kairos.stages.steps.entities as entities
     import kairos.stages.steps.files as files
+    import kairos.stages.steps.git as git
     import kairos.stages.steps.layout as layout
     import kairos.stages.steps.packages as packages
     import kairos.stages.steps.system as system
@@ -44,7 +45,7 @@ def plugins() -> tuple[StepType, ...]:
     return (
         StepType("dns", ("dns",), files.apply_dns),
         StepType("downloads", ("downloads",), files.apply_downloads),
-        unsupported.step_type("git"),
+        StepType("git", ("git",), git.apply),
         StepType("ensure_entities", ("ensure_entities",), entities.apply_ensure),
         StepType("directories", ("directories",), files.apply_directories),
         StepType("files", ("files",), files.apply_files),

@@ -283,14 +283,17 @@ def test_analyze_runs_nothing(root: Path, capsys: pytest.CaptureFixture[str]) ->
               after: [{name: demo.one}]
               only_os: alpine
               users: {bob: {passwd: x}}
-              git: {url: https://x, path: /x}
+              unpack_images: [{source: quay.io/x/y, target: /y}]
         """,
     )
     assert run_stage(root, "boot", "--analyze") == 0
     out = capsys.readouterr().out
     assert "boot.before:\n 1.\n  <demo.0> commands [if if: true]" in out
     assert "  <demo.one> files, commands" in out
-    assert "<demo.two> git (not supported yet), users (after: demo.one) [if only_os: alpine]" in out
+    assert (
+        "<demo.two> users, unpack_images (not supported yet) (after: demo.one) [if only_os: alpine]"
+        in out
+    )
     assert "(skipped: only_os 'alpine' does not match 'debian')" in out
     assert "boot.after: nothing to run" in out
     assert not (root / "etc/a").exists()

@@ -164,3 +164,24 @@ def test_tar_reads_the_archive(tmp_path: Path, allow_commands: None) -> None:
 def test_missing_rootfs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(KairosError, match="not a directory"):
         write_oci_archive(tmp_path / "nope", tmp_path / "a.tar", name="k", version="1")
+
+
+def test_big_layer_is_multi_member_gzip_read_by_gzip_and_tar(
+    tmp_path: Path, allow_commands: None
+) -> None:
+    """Chunks are compressed in parallel as gzip members; every reader takes them."""
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    (rootfs / "big").write_bytes(os.urandom(9 << 20))
+    archive = tmp_path / "a.tar"
+    digest = write_oci_archive(rootfs, archive, name="k", version="1")
+    assert write_oci_archive(rootfs, tmp_path / "b.tar", name="k", version="1") == digest
+    files = _members(archive)
+    manifest = json.loads(files["blobs/sha256/" + digest[7:]])
+    name = "blobs/sha256/" + manifest["layers"][0]["digest"][7:]
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes(files[name])
+    assert layer.read_bytes().count(b"\x1f\x8b\x08\x00\x00\x00\x00\x00") >= 3  # members
+    run(["gzip", "-t", layer])
+    assert "big" in run(["tar", "-tzf", layer]).stdout.split()
+    oci.extract(archive, tmp_path / "back")
+    assert snapshot(tmp_path / "back") == snapshot(rootfs)

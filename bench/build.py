@@ -99,7 +99,7 @@ def main() -> int:
         )
     if "qcow2" in formats:
         bare["qemu-img convert"] = timed(raw.qcow2_argv(scratch / "d.raw", scratch / "d.qcow2"))
-    shutil.rmtree(work)
+    remove_tree(work)
     print("\npipeline steps (warm cache):")
     for name, secs in progress.steps:
         print(f"  {secs:7.2f}s  {name}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kairos.build.chroot import remove_tree
 from kairos.build.initrd import dracut_image
 from kairos.build.kairosify import kernel_version
 from kairos.build.manifest import ArtifactKind, Manifest, sha256_file
@@ -62,7 +63,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Manifest, 
     manifest = build(request, progress)
     work = next(Path("/var/cache/kairos-py").glob(f"work-ktest-{os.getpid()}"))
     yield manifest, out, work
-    run(["rm", "-rf", str(work)])
+    remove_tree(work)
 
 
 def test_manifest_lists_every_artifact_with_digest(built: tuple[Manifest, Path, Path]) -> None:

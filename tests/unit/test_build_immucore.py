@@ -55,7 +55,7 @@ def test_cmdline_value_last_wins_and_bad_quotes() -> None:
 def test_live_boot_writes_live_mode(tmp_path: Path) -> None:
     cmdline = tmp_path / "cmdline"
     cmdline.write_text(LIVE + "\n")
-    rc = main(["--cmdline", str(cmdline), "--run", str(tmp_path / "run"),
+    rc = main(["--cmdline", str(cmdline), "--run", str(tmp_path / "run"), "--no-stage",
                "--sysroot", str(tmp_path / "sysroot")])  # fmt: skip
     assert rc == 0
     assert (tmp_path / "run/cos/live_mode").exists()

@@ -48,6 +48,8 @@ def live_cmdline(root_spec: str, extra: str = "") -> str:
         f"root=live:{root_spec}",
         "rd.live.dir=/",
         f"rd.live.squashimg={SQUASHFS_NAME}",
+        # Needed with Debian's dracut 059: without it the overlay root of a plain squashfs
+        # is never mounted ("Can't mount root filesystem"); with it boots are reliable.
         "rd.live.overlay.overlayfs=1",
         "console=tty1",
         "console=ttyS0,115200",

@@ -222,8 +222,10 @@ def build(
             artifacts = [Artifact.of(kind, request.output, path) for kind, path in outputs]
     finally:
         if not request.keep_work:
+            from kairos.build.chroot import remove_tree
+
             with progress.step("clean up work tree"):
-                shutil.rmtree(work, ignore_errors=True)
+                remove_tree(work)
     manifest = Manifest(
         name=request.name,
         version=request.version,

@@ -12,6 +12,7 @@ class Compression(StrEnum):
     GZIP = "gzip"  # upstream's default, for old kernels
 
 
+# xattrs are kept (file capabilities); mksquashfs only warns about ACL ones.
 # Never ship these: host bind-mount points' contents and caches regenerated at boot.
 EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "var/tmp/*", "var/cache/apt/*")
 
@@ -24,7 +25,5 @@ def mksquashfs_argv(root: Path, out: Path, compression: Compression) -> list[str
     }[compression]
     return [
         "mksquashfs", str(root), str(out), *comp, "-noappend", "-quiet", "-no-progress",
-        # ACL xattrs trigger "unrecognised xattr prefix" noise; security.* (capabilities) stay.
-        "-xattrs-exclude", "^system[.]",
         "-wildcards", "-e", *EXCLUDES,
     ]  # fmt: skip

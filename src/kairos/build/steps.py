@@ -22,9 +22,9 @@ def make_work_dir(request: BuildRequest) -> Path:
     base = request.work_dir or CACHE_ROOT
     work = base / f"work-{request.name}-{os.getpid()}"
     if work.exists():
-        import shutil
+        from kairos.build.chroot import remove_tree
 
-        shutil.rmtree(work)
+        remove_tree(work)
     work.mkdir(parents=True)
     return work
 

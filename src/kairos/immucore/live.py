@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -45,13 +46,35 @@ def run_initramfs_stage(sysroot: Path) -> None:
         )
 
 
+def wait_for_sysroot(sysroot: Path, seconds: float) -> bool:
+    """Upstream's live path waits for dracut to mount the new root (rd.immucore.sysrootwait)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.ismount(sysroot):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def sysroot_wait(cmdline: Cmdline) -> float:
+    raw = cmdline.value("rd.immucore.sysrootwait")
+    try:
+        return float(raw) if raw is not None else 60.0
+    except ValueError:
+        return 60.0
+
+
 def run_live(cmdline: Cmdline, run_dir: Path, sysroot: Path, *, stage: bool = True) -> int:
     for path in write_sentinels(cmdline, run_dir):
         print(f"immucore: wrote {path}", flush=True)
-    if stage and os.path.ismount(sysroot):
-        try:
-            run_initramfs_stage(sysroot)
-        except KairosError as exc:
-            # A broken stage must not stop live media from booting: report and go on.
-            print(f"immucore: initramfs stage failed: {exc}", flush=True)
+    if not stage:
+        return 0
+    if not wait_for_sysroot(sysroot, sysroot_wait(cmdline)):
+        print(f"immucore: {sysroot} not mounted, initramfs stage skipped", flush=True)
+        return 0
+    try:
+        run_initramfs_stage(sysroot)
+    except KairosError as exc:
+        # A broken stage must not stop live media from booting: report and go on.
+        print(f"immucore: initramfs stage failed: {exc}", flush=True)
     return 0

@@ -31,6 +31,33 @@ def _block_host_commands(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     monkeypatch.setattr("kairos.run._spawn", blocked)
 
 
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix) or point == prefix[:-1]:
+            found.append(point)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_mounts_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a mount in its tmp dir fails, and the mount is released, so that
+    pytest's later clean-up of old tmp dirs can never recurse into a bind of the host's /dev."""
+    yield
+    if "tmp_path" not in request.fixturenames:
+        return
+    tmp = request.getfixturevalue("tmp_path")
+    left = _mounts_under(tmp)
+    if left:
+        import subprocess
+
+        for point in sorted(left, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
+        pytest.fail(f"test left mounts behind under {tmp}: {left}")
+
+
 @pytest.fixture
 def allow_commands() -> Iterator[None]:
     """Opt a unit test into running real (harmless) commands."""

@@ -45,10 +45,11 @@ def _mounts_under(path: Path) -> list[str]:
 def _no_mounts_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that leaves a mount in its tmp dir fails, and the mount is released, so that
     pytest's later clean-up of old tmp dirs can never recurse into a bind of the host's /dev."""
-    yield
     if "tmp_path" not in request.fixturenames:
+        yield
         return
-    tmp = request.getfixturevalue("tmp_path")
+    tmp = request.getfixturevalue("tmp_path")  # so tmp_path is torn down after this check
+    yield
     left = _mounts_under(tmp)
     if left:
         import subprocess

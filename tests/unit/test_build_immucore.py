@@ -66,3 +66,35 @@ def test_normal_boot_writes_nothing_yet(tmp_path: Path) -> None:
     cmdline.write_text("root=LABEL=COS_ACTIVE\n")
     assert main(["--cmdline", str(cmdline), "--run", str(tmp_path / "run")]) == 0
     assert not (tmp_path / "run/cos").exists()
+
+
+def test_live_boot_skips_stage_when_sysroot_never_mounts(
+    tmp_path: Path, recorded_commands: list[tuple[str, ...]]
+) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(LIVE + " rd.immucore.sysrootwait=0.3\n")
+    (tmp_path / "sysroot/usr/bin").mkdir(parents=True)
+    (tmp_path / "sysroot/usr/bin/kairos-agent").write_text("#!/bin/sh\n")
+    rc = main(["--cmdline", str(cmdline), "--run", str(tmp_path / "run"),
+               "--sysroot", str(tmp_path / "sysroot")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "run/cos/live_mode").exists()
+    assert recorded_commands == []  # no chroot into something that is not a mounted root
+
+
+def test_initramfs_stage_binds_then_releases(
+    tmp_path: Path, recorded_commands: list[tuple[str, ...]]
+) -> None:
+    from kairos.immucore.live import run_initramfs_stage
+
+    sysroot = tmp_path / "sysroot"
+    for d in ("dev", "proc", "sys", "run", "usr/bin"):
+        (sysroot / d).mkdir(parents=True)
+    (sysroot / "usr/bin/kairos-agent").write_text("#!/bin/sh\n")
+    run_initramfs_stage(sysroot)
+    mounts = [c for c in recorded_commands if c[0] == "mount"]
+    chroot = [c for c in recorded_commands if c[0] == "chroot"]
+    umounts = [c for c in recorded_commands if c[0] == "umount"]
+    assert [m[-1] for m in mounts] == [str(sysroot / d) for d in ("dev", "proc", "sys", "run")]
+    assert chroot == [("chroot", str(sysroot), "/usr/bin/kairos-agent", "run-stage", "initramfs")]
+    assert [u[-1] for u in umounts] == [str(sysroot / d) for d in ("run", "sys", "proc", "dev")]
+    assert recorded_commands.index(chroot[0]) < recorded_commands.index(umounts[0])

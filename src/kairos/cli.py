@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "kairos.build.cli",
     "kairos.vm.cli",
     "kairos.agent.cli",
+    "kairos.bootloader.cli",
 )
 
 EPILOG = """examples:

@@ -140,3 +140,20 @@ def test_poweroff_gives_up_at_the_deadline_when_nothing_answers(
     with pytest.raises(VMError, match="did not power off within 4 s"):
         machine.poweroff(timeout=4)
     assert time.monotonic() - start < 10
+
+
+def test_an_emergency_shell_fails_the_boot_wait_at_once(machine: Machine) -> None:
+    _append(machine, b"[FAILED] Failed to mount sysroot.mount\r\nEntering emergency mode. Exit\r\n")
+    start = time.monotonic()
+    with pytest.raises(VMError, match="the boot failed before .* 'Entering emergency mode. Exit'"):
+        machine.wait_for("login:", timeout=60)
+    assert time.monotonic() - start < 5
+    # A caller waiting for something else can turn the check off.
+    with pytest.raises(VMError, match="did not appear"):
+        machine.wait_for("login:", timeout=0.5, fail_on=None)
+
+
+def test_a_panic_fails_the_ssh_wait_at_once(machine: Machine) -> None:
+    _append(machine, b"Kernel panic - not syncing: Attempted to kill init!\r\n")
+    with pytest.raises(VMError, match="failed while waiting for SSH: 'Kernel panic"):
+        machine.wait_for_ssh(timeout=60)

@@ -29,6 +29,11 @@ from kairos.run import Result, require_tools, run
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 LOGIN_PROMPT = r"login: ?$"
+# Console lines after which a boot cannot come up on its own.
+BOOT_FAILURE = (
+    r"Kernel panic - not syncing.*|Entering emergency mode.*|You are in emergency mode.*"
+    r"|Press Enter for maintenance.*|Dracut Emergency Shell.*"
+)
 # Boots under TCG take 45-80 s here; leave room for a slow, busy host.
 DEFAULT_BOOT_TIMEOUT = 300.0
 _ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cM])")
@@ -446,18 +451,36 @@ class Machine:
             self.echo.flush()
             self._echoed = len(text)
 
-    def wait_for(self, pattern: str, timeout: float = DEFAULT_BOOT_TIMEOUT) -> re.Match[str]:
-        """Wait until `pattern` (a multiline regex) appears on the console after the last match."""
+    def wait_for(
+        self,
+        pattern: str,
+        timeout: float = DEFAULT_BOOT_TIMEOUT,
+        fail_on: str | None = BOOT_FAILURE,
+    ) -> re.Match[str]:
+        """Wait until `pattern` (a multiline regex) appears on the console after the last match.
+
+        Fails at once when `fail_on` appears first (by default: a panic or an emergency shell,
+        which no amount of waiting fixes).
+        """
         regex = re.compile(pattern, re.MULTILINE)
+        failure = re.compile(fail_on, re.MULTILINE) if fail_on else None
         deadline = time.monotonic() + timeout
         while True:
             # Ask before reading: output written just before QEMU exits still counts.
             alive = self.running()
             self._pump_echo()
-            match = regex.search(self.console(), self._cursor)
+            text = self.console()
+            match = regex.search(text, self._cursor)
             if match:
                 self._cursor = match.end()
                 return match
+            bad = failure.search(text, self._cursor) if failure else None
+            if bad:
+                raise VMError(
+                    f"the boot failed before /{pattern}/ appeared: '{bad.group(0)}' "
+                    f"after {self.uptime():.0f} s.",
+                    hint=self._where_to_look(),
+                )
             if not alive:
                 raise VMError(
                     f"the VM stopped before /{pattern}/ appeared on its console "
@@ -539,6 +562,12 @@ class Machine:
             self._pump_echo()
             if not self.running():
                 raise VMError("the VM stopped while waiting for SSH.", hint=self._where_to_look())
+            bad = re.search(BOOT_FAILURE, self.console()[self._cursor :], re.MULTILINE)
+            if bad:
+                raise VMError(
+                    f"the boot failed while waiting for SSH: '{bad.group(0)}'.",
+                    hint=self._where_to_look(),
+                )
             try:
                 result = self.ssh("true", timeout=30)
                 if result.returncode == 0:

@@ -1,0 +1,165 @@
+"""GPT layouts: which partitions, in which order, how big, and the sgdisk calls that write them.
+
+A `Layout` is pure data (unit-testable, printable by `--dry-run`); `place()` turns it into
+offsets on a disk of a given size, and `sgdisk_argv()` into the exact commands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+MIB = 1 << 20
+# sgdisk aligns the first partition at 1 MiB and keeps 33 sectors for the backup GPT at the
+# end; one MiB each side covers both for any sector size up to 4 KiB.
+GPT_OVERHEAD_MIB = 2
+# The partition that takes "the rest of the disk" must get at least this much.
+REST_MIN_MIB = 64
+
+
+class Role(StrEnum):
+    """What a partition is for; the GPT name is the role's value, as upstream names them."""
+
+    BIOS = "bios"
+    EFI = "efi"
+    OEM = "oem"
+    RECOVERY = "recovery"
+    STATE = "state"
+    PERSISTENT = "persistent"
+    EXTRA = "extra"
+
+
+class Filesystem(StrEnum):
+    NONE = "none"
+    VFAT = "vfat"
+    EXT2 = "ext2"
+    EXT3 = "ext3"
+    EXT4 = "ext4"
+    XFS = "xfs"
+    BTRFS = "btrfs"
+
+
+# GPT type codes (sgdisk short codes): BIOS boot, EFI system, Linux filesystem.
+TYPE_CODES = {Role.BIOS: "EF02", Role.EFI: "EF00"}
+LINUX_TYPE = "8300"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a layout; `size_mib == 0` means the rest of the disk."""
+
+    role: Role
+    name: str
+    label: str | None
+    size_mib: int
+    fs: Filesystem
+
+    @property
+    def type_code(self) -> str:
+        return TYPE_CODES.get(self.role, LINUX_TYPE)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "role": str(self.role),
+            "name": self.name,
+            "label": self.label,
+            "size_mib": self.size_mib,
+            "fs": str(self.fs),
+            "type": self.type_code,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Partition:
+        return cls(
+            role=Role(data["role"]),
+            name=str(data["name"]),
+            label=data.get("label"),
+            size_mib=int(data["size_mib"]),
+            fs=Filesystem(data["fs"]),
+        )
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A partition with its number and where it lands on a given disk."""
+
+    number: int
+    partition: Partition
+    start_mib: int
+    size_mib: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    partitions: tuple[Partition, ...]
+
+    @property
+    def fixed_mib(self) -> int:
+        return sum(p.size_mib for p in self.partitions)
+
+    @property
+    def rest(self) -> Partition | None:
+        return next((p for p in self.partitions if p.size_mib == 0), None)
+
+    def min_disk_bytes(self) -> int:
+        """The smallest disk this layout fits on (the rest-of-disk part gets REST_MIN_MIB)."""
+        rest = REST_MIN_MIB if self.rest is not None else 0
+        return (self.fixed_mib + rest + GPT_OVERHEAD_MIB) * MIB
+
+    def place(self, disk_bytes: int) -> tuple[Placed, ...]:
+        """Numbers and offsets on a disk of `disk_bytes` (sgdisk's 1 MiB alignment)."""
+        usable = disk_bytes // MIB - GPT_OVERHEAD_MIB
+        rest_size = max(usable - self.fixed_mib, 0)
+        out: list[Placed] = []
+        start = 1
+        for number, part in enumerate(self.partitions, start=1):
+            size = part.size_mib or rest_size
+            out.append(Placed(number, part, start, size))
+            start += size
+        return tuple(out)
+
+    def by_role(self, role: Role) -> Partition | None:
+        return next((p for p in self.partitions if p.role is role), None)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in self.partitions]
+
+    @classmethod
+    def from_json(cls, data: Sequence[dict[str, Any]]) -> Layout:
+        return cls(tuple(Partition.from_json(p) for p in data))
+
+
+def mib_for(size_bytes: int) -> int:
+    """Bytes rounded up to whole MiB."""
+    return max(1, math.ceil(size_bytes / MIB))
+
+
+def wipe_argv(disk: str) -> list[str]:
+    """Destroy any GPT and MBR on the disk (both GPT copies, the protective MBR)."""
+    return ["sgdisk", "--zap-all", disk]
+
+
+def sgdisk_argv(disk: str, layout: Layout) -> list[str]:
+    """One sgdisk call that writes a fresh GPT with every partition of the layout.
+
+    `N:0:+SIZE` lets sgdisk pick the next aligned start; the rest-of-disk partition is last.
+    """
+    argv = ["sgdisk", "--clear"]
+    for number, part in enumerate(layout.partitions, start=1):
+        end = f"+{part.size_mib}M" if part.size_mib else "0"
+        argv += [
+            f"--new={number}:0:{end}",
+            f"--typecode={number}:{part.type_code}",
+            f"--change-name={number}:{part.name}",
+        ]
+    argv.append(disk)
+    return argv
+
+
+def partition_path(disk: str, number: int) -> str:
+    """The kernel's name for partition `number` (`/dev/sda1`, `/dev/nvme0n1p1`, `/dev/loop0p1`)."""
+    sep = "p" if disk[-1].isdigit() else ""
+    return f"{disk}{sep}{number}"

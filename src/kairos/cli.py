@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kairos.vm.cli",
     "kairos.agent.cli",
     "kairos.bootloader.cli",
+    "kairos.agent.install_cli",
 )
 
 EPILOG = """examples:

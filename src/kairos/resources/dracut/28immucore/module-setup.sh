@@ -21,7 +21,7 @@ installkernel() {
 install() {
     local pybin pydir
     pybin=$(readlink -f /usr/bin/python3)
-    inst_multiple "$pybin" chroot mount umount blkid
+    inst_multiple "$pybin" chroot mount umount blkid losetup udevadm cp mkdir modprobe
     ln_r "$pybin" /usr/bin/python3
     # The standard library (without tests, GUI and packaging tools); compiled caches kept
     # because compiling at every boot costs seconds under emulation.
@@ -32,5 +32,8 @@ install() {
         --exclude='*/lib2to3' --exclude='*/pydoc_data' --exclude='*/distutils' \
         --exclude='*/config-3*' -cf - "${pydir#/}" | tar -C "${initdir}" -xf -
     inst_simple "$moddir/immucore.service" "${systemdsystemunitdir}/immucore.service"
-    $SYSTEMCTL -q --root "$initdir" enable immucore.service
+    inst_simple "$moddir/immucore-root.service" "${systemdsystemunitdir}/immucore-root.service"
+    inst_simple "$moddir/immucore-layout.service" "${systemdsystemunitdir}/immucore-layout.service"
+    $SYSTEMCTL -q --root "$initdir" enable immucore.service immucore-root.service \
+        immucore-layout.service
 }

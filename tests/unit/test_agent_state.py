@@ -350,6 +350,15 @@ def test_lsblk_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert st.list_block_devices(Context(root=Path("/"))) == ()
 
 
+def test_lsblk_that_cannot_start_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(argv: Any, **_: Any) -> tuple[int, bytes, bytes]:
+        raise FileNotFoundError(argv[0])
+
+    monkeypatch.setattr("kairos.run._spawn", missing)
+    monkeypatch.setattr("kairos.run.which", lambda tool: f"/usr/bin/{tool}")
+    assert st.list_block_devices(Context(root=Path("/"))) == ()
+
+
 def test_query() -> None:
     runtime = st.Runtime(
         uuid="u",

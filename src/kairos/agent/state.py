@@ -351,16 +351,21 @@ def list_block_devices(ctx: Context) -> tuple[BlockDevice, ...]:
     if which("lsblk") is None:
         log.warning("lsblk is not installed: partitions cannot be listed")
         return ()
-    result = run(["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS], check=False)
-    if result.returncode != 0:
-        log.warning("lsblk failed: %s", result.stderr.strip())
+    # The state is read-only reporting: a broken probe leaves partitions unknown, never fails.
+    try:
+        result = run(["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS], check=False)
+        if result.returncode != 0:
+            log.warning("lsblk failed: %s", result.stderr.strip())
+            return ()
+        devices = parse_lsblk(result.stdout)
+        if devices and not any(d.fstype for d in devices) and which("blkid") is not None:
+            # lsblk takes labels from the udev database; without udev (containers, early
+            # boot) every label is empty, so probe the devices directly.
+            probe = run(["blkid", "-c", "/dev/null", "-o", "export"], check=False, timeout=30)
+            devices = merge_blkid(devices, parse_blkid(probe.stdout))
+    except KairosError as exc:
+        log.warning("cannot list block devices: %s", exc)
         return ()
-    devices = parse_lsblk(result.stdout)
-    if devices and not any(d.fstype for d in devices) and which("blkid") is not None:
-        # lsblk takes labels from the udev database; without udev (containers, early boot)
-        # every label is empty, so probe the devices directly.
-        probe = run(["blkid", "-c", "/dev/null", "-o", "export"], check=False, timeout=30)
-        devices = merge_blkid(devices, parse_blkid(probe.stdout))
     return devices
 
 

@@ -310,3 +310,21 @@ def test_gzip_compressed_archive(tmp_path: Path) -> None:
     (tmp_path / "saved.tar.gz").write_bytes(gzip.compress((tmp_path / "saved.tar").read_bytes()))
     oci.extract(tmp_path / "saved.tar.gz", tmp_path / "root")
     assert tree(tmp_path / "root") == EXPECTED
+
+
+def test_docker_save_with_a_linked_duplicate_layer(tmp_path: Path) -> None:
+    """docker save stores a repeated layer once and links the second `layer.tar` to it."""
+    write_docker_save(tmp_path / "saved.tar", [L1, L1])
+    linked = tmp_path / "linked.tar"
+    with tarfile.open(tmp_path / "saved.tar") as src, tarfile.open(linked, "w") as dst:
+        manifest = json.loads(src.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        first, second = manifest[0]["Layers"]
+        for m in src.getmembers():
+            if m.name == second:
+                link = tarfile.TarInfo(second)
+                link.type, link.linkname = tarfile.SYMTYPE, f"../{first}"
+                dst.addfile(link)
+            else:
+                dst.addfile(m, src.extractfile(m))
+    oci.extract(linked, tmp_path / "root")
+    assert tree(tmp_path / "root")["etc/os-release"] == "ID=test\n"

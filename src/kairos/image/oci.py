@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ from kairos.image.layers import ApplyOptions, LayerApplier
 from kairos.log import Progress
 from kairos.run import require_tools, run
 
+log = logging.getLogger("kairos.image.oci")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -558,6 +560,9 @@ def extract(
     try:
         image = read_image(store, arch)
         verify(store, image, progress)
+        options = options or ApplyOptions()
+        if not options.keep_owner:
+            log.warning("not running as root: unpacked files belong to the current user")
         dest.mkdir(parents=True, exist_ok=True)
         os.chmod(dest, 0o755)
         apply_layers(store, image, dest, progress, options)

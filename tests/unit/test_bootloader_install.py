@@ -36,6 +36,8 @@ def image_root(tmp_path: Path) -> Path:
         d = root / "usr/lib/grub" / target
         d.mkdir(parents=True)
         (d / "linux.mod").write_bytes(b"mod")
+        (d / "command.lst").write_bytes(b"linux: linux")
+        (d / "monolithic.efi").write_bytes(b"big signed image")
     boot = HOST_BOOT_IMG.read_bytes() if HOST_BOOT_IMG.is_file() else b"\xeb" + b"\0" * 511
     (root / "usr/lib/grub/i386-pc/boot.img").write_bytes(boot)
     return root
@@ -115,7 +117,10 @@ def test_install_both(
     assert result.menu == state / "grub2/grub.cfg"
     # modules beside the menu, for insmod from custom menus
     assert (state / "grub2/i386-pc/linux.mod").is_file()
-    assert (state / "grub2/x86_64-efi/linux.mod").is_file()
+    assert sorted(p.name for p in (state / "grub2/x86_64-efi").iterdir()) == [
+        "command.lst",
+        "linux.mod",
+    ]
     # BIOS: core.img at the BIOS boot partition, found by type (it is partition 1 here)
     assert result.bios_partition is not None and result.bios_partition.number == 1
     data = disk.read_bytes()

@@ -224,11 +224,15 @@ def _as_text(value: object) -> str:
 
 
 def copy_modules(image_root: Path, state_dir: Path, targets: Sequence[str]) -> None:
-    """Copy GRUB's module directories next to the menu, for `insmod` of modules that are
-    not built in (custom menus may want them)."""
+    """Copy GRUB's modules (`*.mod` and the `*.lst` indexes, about 2 MB per platform) next
+    to the menu, for `insmod` of modules that are not built in (custom menus may want them).
+    Only those files: the directories also hold 15 MB of signed monolithic images."""
     for target in targets:
         src = module_dir(image_root, target)
         dest = state_dir / grubcfg.GRUB_DIR.lstrip("/") / target
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(src, dest)
+        dest.mkdir(parents=True)
+        for item in sorted(src.iterdir()):
+            if item.suffix in (".mod", ".lst") and item.is_file():
+                shutil.copyfile(item, dest / item.name)

@@ -246,6 +246,7 @@ def kairosify(root: Path, family: Family, osr: OsRelease, info: ReleaseInfo) -> 
     install_dracut_module(root)
     install_units(root)
     oem = install_system_oem(root)
+    (root / "oem").mkdir(mode=0o770, exist_ok=True)  # immucore mounts COS_OEM here (ro root)
     replace_file(root / "etc/kairos-release", release_text(info, osr, family.name))
     add_accounts(root)
     remove_identity(root)

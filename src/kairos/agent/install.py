@@ -79,6 +79,7 @@ class Mounted:
     disk: Path
     parts: dict[str, Path] = field(default_factory=dict)  # label -> device
     dirs: dict[str, Path] = field(default_factory=dict)  # label -> host mount dir
+    esp_staged: bool = False  # COS_GRUB is a plain directory, copied in with mtools at the end
 
 
 def install(ctx: Context, plan: InstallPlan, inputs: InstallInputs, progress: Progress) -> None:
@@ -182,9 +183,36 @@ def list_partitions(disk: str) -> list[str]:
 
 
 def mount_partitions(ctx: Context, stack: ExitStack, m: Mounted, work_dir: str) -> None:
-    for label in ("COS_STATE", "COS_RECOVERY", "COS_OEM", "COS_PERSISTENT", "COS_GRUB"):
+    for label in ("COS_STATE", "COS_RECOVERY", "COS_OEM", "COS_PERSISTENT"):
         target = ctx.path(f"{work_dir}/{label.removeprefix('COS_').lower()}")
         m.dirs[label] = stack.enter_context(mount.mounted(m.parts[label], target))
+    target = ctx.path(f"{work_dir}/efi")
+    if vfat_mountable(ctx):
+        m.dirs["COS_GRUB"] = stack.enter_context(mount.mounted(m.parts["COS_GRUB"], target))
+    else:
+        # Kernels without vfat (some minimal VMs and containers): fill a directory and copy
+        # it into the filesystem with mtools, which needs no kernel support.
+        require_tools(["mcopy"], package_hint={"mcopy": "mtools"})
+        target.mkdir(parents=True, exist_ok=True)
+        m.dirs["COS_GRUB"] = target
+        m.esp_staged = True
+
+
+def vfat_mountable(ctx: Context) -> bool:
+    try:
+        known = Path("/proc/filesystems").read_text().split()
+    except OSError:
+        return True
+    if "vfat" in known:
+        return True
+    return run(["modprobe", "vfat"], check=False).returncode == 0 if which("modprobe") else False
+
+
+def copy_staged_esp(m: Mounted) -> None:
+    """Copy the staged ESP tree into COS_GRUB (mcopy -s: recursive, -o: overwrite)."""
+    entries = sorted(str(p) for p in m.dirs["COS_GRUB"].iterdir())
+    if entries:
+        run(["mcopy", "-s", "-o", "-i", str(m.parts["COS_GRUB"]), *entries, "::/"])
 
 
 def deploy_active(ctx: Context, plan: InstallPlan, m: Mounted, progress: Progress) -> None:
@@ -277,6 +305,8 @@ def install_bootloader(ctx: Context, plan: InstallPlan, m: Mounted, inputs: Inst
         options.setdefault("default_menu_entry", inputs.options.grub_entry_name)
     if options:
         grub.write_grub_options(m.dirs["COS_OEM"], options)
+    if m.esp_staged:
+        copy_staged_esp(m)
 
 
 @contextmanager

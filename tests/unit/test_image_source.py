@@ -114,6 +114,7 @@ def test_check_missing_paths(tmp_path: Path) -> None:
         with pytest.raises(src.SourceError) as info:
             src.check(src.parse(spec))
         assert str(info.value).startswith(f"source '{spec}': ") and what in str(info.value)
+        assert info.value.hint and ":" in info.value.hint
 
 
 def test_check_dir_that_is_not_a_rootfs(tmp_path: Path) -> None:

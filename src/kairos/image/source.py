@@ -18,6 +18,10 @@ from kairos.log import Progress
 
 DEFAULT_REGISTRY = "docker.io"
 _HINT_SCHEMES = "use dir:PATH, ocifile:FILE, oci-dir:DIR, debian:SUITE or oci:REF"
+_IMAGE_HINT = (
+    "ocifile: takes an OCI image archive (kairos build --format oci, skopeo copy "
+    "docker://REF oci-archive:FILE) or a `docker save` output; oci-dir: an OCI layout directory"
+)
 _SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]*$")
 # The docker reference grammar (distribution/reference), simplified to what we report.
 _REPO_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -172,7 +176,8 @@ def check(source: Source) -> None:
         problems = _dir_problems(source.path, "root filesystem directory")
         if not problems and not any((source.path / d).is_dir() for d in ("usr", "etc")):
             problems.append(f"{source.path}: does not look like a root filesystem (no usr/, etc/)")
-            hint = "dir: takes the top of a root filesystem tree"
+        if problems:
+            hint = "dir: takes the top of an existing root filesystem tree (the one with usr/)"
     elif isinstance(source, OciFileSource | OciDirSource):
         problems, hint = _image_problems(source)
     elif isinstance(source, DebianSource):
@@ -211,7 +216,7 @@ def _image_problems(source: OciFileSource | OciDirSource) -> tuple[list[str], st
     else:
         problems = []
     if problems:
-        return problems, None
+        return problems, _IMAGE_HINT
     try:
         store = oci.open_store(path)
         try:

@@ -111,6 +111,12 @@ def run(
             args, input=data, capture=capture, cwd=cwd, env=base_env(env), timeout=timeout
         )
     except FileNotFoundError as exc:
+        if cwd is not None and not Path(cwd).is_dir():
+            raise CommandError(list(args), 127, f"working directory {cwd} does not exist") from exc
+        if "/" in args[0] and Path(args[0]).exists():
+            raise CommandError(
+                list(args), 127, f"{args[0]} exists but cannot be executed (missing interpreter?)"
+            ) from exc
         raise ToolMissingError(
             f"command not found: {args[0]}.", hint="install it, or run 'make setup'"
         ) from exc

@@ -16,10 +16,12 @@ from kairos.errors import KairosError
 LIVE_LABEL = "COS_LIVE"
 EFI_LABEL = "COS_GRUB"
 SQUASHFS_NAME = "rootfs.squashfs"
+# No video modules: serial and text console only (video ones print "no suitable video
+# mode found" on UEFI and slow emulated boots).
 GRUB_MODULES = (
     "part_gpt", "part_msdos", "fat", "ext2", "iso9660", "normal", "linux", "search",
     "search_label", "search_fs_uuid", "search_fs_file", "configfile", "echo", "test",
-    "serial", "terminal", "gzio", "all_video", "loopback", "squash4", "boot", "cat",
+    "serial", "terminal", "gzio", "loopback", "squash4", "boot", "cat",
     "true", "sleep", "halt", "reboot",
 )  # fmt: skip
 BIOS_GRUB_DIR = Path("/usr/lib/grub/i386-pc")

@@ -250,11 +250,16 @@ def test_persistent_overlay_when_not_bind() -> None:
         {"PERSISTENT_STATE_PATHS": "/etc/ssh", "PERSISTENT_STATE_TARGET": "/usr/local/state"}
     )
     plan = plan_layout(c(ACTIVE), layout)
+    assert plan.fstab().splitlines()[-1] == (
+        "overlay /etc/ssh overlay defaults,lowerdir=/etc/ssh,"
+        "upperdir=/usr/local/state/etc-ssh.overlay/upper,"
+        "workdir=/usr/local/state/etc-ssh.overlay/work 0 0"
+    )
     last = plan.mounts[-1]
     assert (last.kind, last.where, last.upper) == (
         Kind.OVERLAY,
         "/sysroot/etc/ssh",
-        "/usr/local/state/etc-ssh.overlay",
+        "/sysroot/usr/local/state/etc-ssh.overlay",
     )
 
 

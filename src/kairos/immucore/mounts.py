@@ -6,6 +6,7 @@ Every external tool goes through `kairos.run.run`; paths are the initramfs's own
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -77,7 +78,13 @@ def mount_device(m: Mount) -> bool:
         if m.optional:
             return False
         raise KairosError(f"{m.what}: device not found within {m.timeout:g} s.")
-    os.makedirs(m.where, exist_ok=True)
+    try:
+        os.makedirs(m.where, exist_ok=True)
+    except OSError as exc:
+        raise KairosError(
+            f"{m.where}: no mount point for {m.what}: {exc.strerror}.",
+            hint="the image must have this directory (the root is read-only)",
+        ) from exc
     argv = ["mount"]
     if m.options:
         argv += ["-o", ",".join(m.options)]
@@ -97,7 +104,7 @@ def mount_overlay(m: Mount, sysroot: str) -> bool:
         raise KairosError(f"{m.where}: overlay without an upper directory.")
     if not os.path.isdir(m.where):
         return False
-    upper = m.upper if m.upper.startswith("/run/") else sysroot + m.upper
+    upper = m.upper
     os.makedirs(f"{upper}/upper", exist_ok=True)
     os.makedirs(f"{upper}/work", exist_ok=True)
     options = f"lowerdir={m.where},upperdir={upper}/upper,workdir={upper}/work"
@@ -116,7 +123,7 @@ def seed(target: str, source: str | None) -> bool:
         return False
     tmp = target + ".seeding"
     if os.path.lexists(tmp):
-        run(["rm", "-rf", tmp])
+        shutil.rmtree(tmp)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if source is not None and os.path.isdir(source):
         run(["cp", "-a", source, tmp])

@@ -147,7 +147,7 @@ class Mount:
     optional: bool = False
     timeout: float = 0.0
     seed_from: str | None = None  # binds: copy this on first use only
-    upper: str | None = None  # overlays: upper and work directories live under here
+    upper: str | None = None  # overlays: upper/ and work/ live under here (initramfs path)
 
     def describe(self) -> str:
         opts = f" ({','.join(self.options)})" if self.options else ""
@@ -172,11 +172,8 @@ class Mount:
         elif self.kind is Kind.BIND:
             options.append("bind")
         elif self.kind is Kind.OVERLAY and self.upper is not None:
-            options += [
-                f"lowerdir={where}",
-                f"upperdir={self.upper}/upper",
-                f"workdir={self.upper}/work",
-            ]
+            upper = _outside(self.upper, sysroot)
+            options += [f"lowerdir={where}", f"upperdir={upper}/upper", f"workdir={upper}/work"]
         options += [o for o in self.options if o not in ("defaults", "bind")]
         fstype = {Kind.BIND: "none", Kind.DEVICE: "auto"}.get(self.kind, self.fstype)
         return f"{what} {where} {fstype} {','.join(options)} 0 0"
@@ -287,7 +284,7 @@ def plan_layout(
             mounts.append(Mount(Kind.BIND, target + ".bind", sysroot + path, "none",
                                 seed_from=sysroot + path))  # fmt: skip
         else:
-            upper = f"{layout.persistent_target}/{state_name(path)}.overlay"
+            upper = f"{sysroot}{layout.persistent_target}/{state_name(path)}.overlay"
             mounts.append(Mount(Kind.OVERLAY, "overlay", sysroot + path, "overlay", upper=upper))
     return LayoutPlan(
         state=state,

@@ -115,6 +115,11 @@ def test_install_both(
     assert efi.read_bytes().startswith(b"x86_64-efi-image")
     assert (state / "grub2/grub.cfg").read_text() == grubcfg.render_menu()
     assert result.menu == state / "grub2/grub.cfg"
+    # every file the menu looks up with `search --file` exists, so GRUB prints no errors
+    assert grubenv.read(state / "grub_oem_env") == {}
+    assert (state / "grub_oem_env").stat().st_size == 1024
+    assert (state / "grubcustom").read_text().startswith("#")
+    assert (state / "grubmenu").read_text().startswith("#")
     # modules beside the menu, for insmod from custom menus
     assert (state / "grub2/i386-pc/linux.mod").is_file()
     assert sorted(p.name for p in (state / "grub2/x86_64-efi").iterdir()) == [
@@ -150,8 +155,14 @@ def test_branding_menu_is_copied_to_state(
     branding.write_text('menuentry "Remote recovery" --id remoterecovery {\n}\n')
     state = tmp_path / "state"
     state.mkdir()
+    hooks = "source (${custom_blk})/grub_boot_assessment\n"
+    (state / "grubcustom").write_text(hooks)
+    grubenv.write(state / "grub_oem_env", {"default_menu_entry": "Acme"})
     install_grub(disk, None, state, image_root, firmware=Firmware.BIOS)
     assert (state / "grubmenu").read_text() == branding.read_text()
+    # existing hooks and agent settings are kept
+    assert (state / "grubcustom").read_text() == hooks
+    assert grubenv.read(state / "grub_oem_env") == {"default_menu_entry": "Acme"}
 
 
 def test_every_problem_reported_before_anything_runs(

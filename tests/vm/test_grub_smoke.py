@@ -71,7 +71,9 @@ def _place(disk: Path, fs_image: Path, start_sector: int) -> None:
         shutil.copyfileobj(src, dst, 4 * MIB)
 
 
-def build_disk(work: Path, kernel: Path, env: dict[str, str]) -> SmokeDisk:
+def build_disk(
+    work: Path, kernel: Path, env: dict[str, str], missing: frozenset[str] = frozenset()
+) -> SmokeDisk:
     disk = work / "disk.raw"
     with open(disk, "wb") as fh:
         fh.truncate(TOTAL_MIB * MIB)
@@ -85,6 +87,8 @@ def build_disk(work: Path, kernel: Path, env: dict[str, str]) -> SmokeDisk:
     (stage["sysroot"] / "boot/initrd").write_bytes(b"not an initramfs\n" * 64)
     for (where, name), comp in IMAGES.items():
         (stage[where] / "cOS").mkdir(exist_ok=True)
+        if name in missing:
+            continue
         run(["mksquashfs", str(stage["sysroot"]), str(stage[where] / "cOS" / name), "-comp",
              comp, "-noappend", "-quiet", "-no-progress"])  # fmt: skip
 
@@ -115,7 +119,7 @@ def oem_env(disk: SmokeDisk, work: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def smoke_disk(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], SmokeDisk]]:
+def smoke_disk(tmp_path: Path) -> Iterator[Callable[..., SmokeDisk]]:
     missing = [t for t in TOOLS if which(t) is None]
     if missing:
         pytest.skip(f"missing tools: {', '.join(missing)}")
@@ -123,8 +127,8 @@ def smoke_disk(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], SmokeDisk]
     if kernel is None:
         pytest.skip("no kernel in /var/cache/kairos-py/rootfs-*/boot or /boot")
 
-    def make(env: dict[str, str]) -> SmokeDisk:
-        return build_disk(tmp_path, kernel, env)
+    def make(env: dict[str, str], missing: frozenset[str] = frozenset()) -> SmokeDisk:
+        return build_disk(tmp_path, kernel, env, missing)
 
     yield make
 
@@ -155,7 +159,7 @@ def _expect_entry(words: list[str], root: str, image: str, role_extra: str | Non
     ],
 )
 def test_grub_boots_kernel_from_squashfs_and_next_entry_is_one_shot(
-    smoke_disk: Callable[[dict[str, str]], SmokeDisk],
+    smoke_disk: Callable[..., SmokeDisk],
     start_vm: Callable[..., Machine],
     tmp_path: Path,
     firmware: VMFirmware,
@@ -177,6 +181,7 @@ def test_grub_boots_kernel_from_squashfs_and_next_entry_is_one_shot(
     vm = start_vm(disk.path, firmware=firmware, memory_mib=512, cpus=1, persist=True)
     words = _boot_cmdline(vm, f"{firmware} {once}")
     _expect_entry(words, root, image, extra)
+    assert "error: no such device" not in vm.console()  # every searched file exists
     vm.close()
     after = oem_env(disk, tmp_path)
     assert after["next_entry"] == ""  # consumed by GRUB itself (save_env keeps it, empty)
@@ -186,3 +191,15 @@ def test_grub_boots_kernel_from_squashfs_and_next_entry_is_one_shot(
     words = _boot_cmdline(vm, f"{firmware} default")
     _expect_entry(words, "COS_ACTIVE", "/cOS/active.img", "kairos.active=1")
     assert re.search(r"BOOT_IMAGE=\(loop0\)/boot/vmlinuz", " ".join(words))
+
+
+def test_missing_active_image_falls_back_to_passive(
+    smoke_disk: Callable[..., SmokeDisk], start_vm: Callable[..., Machine]
+) -> None:
+    """GRUB's own fallback chain (default_fallback unset: "1 2"): cos cannot load, so the
+    passive entry boots without anyone touching the menu."""
+    disk = smoke_disk({"extra_cmdline": "kairos.grubtest=1"}, missing=frozenset({"active.img"}))
+    vm = start_vm(disk.path, firmware=VMFirmware.BIOS, memory_mib=512, cpus=1)
+    vm.wait_for(r"Falling back to", timeout=300)
+    words = _boot_cmdline(vm, "bios fallback chain")
+    _expect_entry(words, "COS_PASSIVE", "/cOS/passive.img", None)

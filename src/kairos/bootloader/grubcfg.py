@@ -150,7 +150,9 @@ def render_menu(settings: MenuSettings = DEFAULT_MENU) -> str:
         f"serial --unit=0 --speed={s.serial_speed}",
         "terminal_input serial console",
         "terminal_output serial console",
-        "set gfxpayload=text",
+        # EFI has no VGA text mode: keep the firmware's framebuffer so the kernel has a
+        # console on the screen (with "text" it boots blind until a DRM driver loads).
+        'if [ "${grub_platform}" = "efi" ]; then set gfxpayload=keep; else set gfxpayload=text; fi',
         f"set timeout={s.timeout}",
         "set timeout_style=menu",
         "",

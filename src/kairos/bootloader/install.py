@@ -155,12 +155,23 @@ def install_grub(
 
 
 def write_menu(state_dir: Path, image_root: Path, menu: grubcfg.MenuSettings) -> Path:
-    """`grub2/grub.cfg` on COS_STATE, plus the image's branding menu as `/grubmenu`."""
+    """`grub2/grub.cfg` on COS_STATE, the image's branding menu as `/grubmenu`, and empty
+    `/grub_oem_env`, `/grubcustom`, `/grubmenu` when absent: the menu looks them up with
+    `search --file` at every boot, and GRUB prints an error for each one it cannot find."""
     path = state_dir / grubcfg.CFG_PATH.lstrip("/")
     write_atomic(path, grubcfg.render_menu(menu).encode())
     branding = image_root / BRANDING_MENU
+    menu_file = state_dir / grubcfg.MENU_FILE.lstrip("/")
     if branding.is_file():
-        write_atomic(state_dir / grubcfg.MENU_FILE.lstrip("/"), branding.read_bytes())
+        write_atomic(menu_file, branding.read_bytes())
+    elif not menu_file.exists():
+        write_atomic(menu_file, b"# Extra Kairos menu entries go here.\n")
+    custom = state_dir / grubcfg.CUSTOM_FILE.lstrip("/")
+    if not custom.exists():
+        write_atomic(custom, b"# Kairos boot hooks (boot assessment) are added here.\n")
+    oem_env = state_dir / grubcfg.OEM_ENV_FILE.lstrip("/")
+    if not oem_env.exists():
+        grubenv.write(oem_env, {})
     log.info("wrote the GRUB menu %s", path)
     return path
 

@@ -33,7 +33,7 @@ LAYOUT = Layout(
 
 
 def test_sgdisk_argv_exact() -> None:
-    assert wipe_argv("/dev/vda") == ["sgdisk", "--zap-all", "/dev/vda"]
+    assert wipe_argv("/dev/vda") == ["wipefs", "--all", "--force", "/dev/vda"]
     assert sgdisk_argv("/dev/vda", LAYOUT) == [
         "sgdisk", "--clear",
         "--new=1:0:+1M", "--typecode=1:EF02", "--change-name=1:bios",

@@ -67,7 +67,7 @@ def test_partition_disk_exact_argv(tmp_path: Path, host: FakeHost) -> None:
     state = plan.layout.partitions[4].size_mib
     recovery = plan.layout.partitions[3].size_mib
     assert host.calls[:2] == [
-        ("sgdisk", "--zap-all", "/dev/vdb"),
+        ("wipefs", "--all", "--force", "/dev/vdb"),
         ("sgdisk", "--clear",
          "--new=1:0:+1M", "--typecode=1:EF02", "--change-name=1:bios",
          "--new=2:0:+64M", "--typecode=2:EF00", "--change-name=2:efi",

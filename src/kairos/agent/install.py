@@ -50,9 +50,20 @@ HOOKS = {
     "kairos-install.pre": "/usr/bin/kairos-agent.install.pre.hook",
     "kairos-install.after": "/usr/bin/kairos-agent.install.after.hook",
 }
-TOOLS = ("sgdisk", "mkfs.ext4", "mkfs.vfat", "blkid", "losetup", "mount", "umount", "lsblk")
+TOOLS = (
+    "sgdisk",
+    "wipefs",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "blkid",
+    "losetup",
+    "mount",
+    "umount",
+    "lsblk",
+)
 TOOL_PACKAGES = {
     "sgdisk": "gdisk",
+    "wipefs": "util-linux",
     "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
     "blkid": "util-linux",

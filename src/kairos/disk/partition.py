@@ -138,8 +138,12 @@ def mib_for(size_bytes: int) -> int:
 
 
 def wipe_argv(disk: str) -> list[str]:
-    """Destroy any GPT and MBR on the disk (both GPT copies, the protective MBR)."""
-    return ["sgdisk", "--zap-all", disk]
+    """Erase every signature on the disk (both GPT copies, MBR, filesystem and RAID magic),
+    so no stale ISO or LVM label at the disk's start outlives the new table.
+
+    wipefs rather than `sgdisk --zap-all`: sgdisk sleeps a second per call for the kernel to
+    re-read the table, and the next sgdisk call re-reads it anyway."""
+    return ["wipefs", "--all", "--force", disk]
 
 
 def sgdisk_argv(disk: str, layout: Layout) -> list[str]:

@@ -1,0 +1,113 @@
+"""Install onto a loop disk against a plain copy of the same bytes to the same disk.
+
+An install writes the system image three times (active, passive, recovery) plus a few MiB
+of GRUB and filesystem metadata; the physical limit is `dd` of those three images onto the
+same loop device, flushed. Prints both, the install's steps, and the ratio (target < 1.3x).
+
+    python3 bench/install.py [--image IMG.squashfs | --root DIR] [--disk-mib N]
+
+Without arguments the image is a gzip squashfs of the newest cached bootstrap root, made
+once and kept under /var/cache/kairos-py/bench-install-<hash>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from kairos.agent import install as inst
+from kairos.agent import install_plan as ip
+from kairos.context import Context
+from kairos.disk import devices as blk
+from kairos.disk import loop
+from kairos.log import Progress
+from kairos.run import run
+
+CACHE = Path(os.environ.get("KAIROS_CACHE", "/var/cache/kairos-py"))
+CONFIG = {"install": {"nousers": True}}
+
+
+def default_root() -> Path:
+    roots = [p for p in CACHE.glob("rootfs-*") if (p / "usr/lib/grub/i386-pc").is_dir()]
+    if not roots:
+        sys.exit(f"no cached root with GRUB modules under {CACHE}; pass --image or --root")
+    return max(roots, key=lambda p: p.stat().st_mtime)
+
+
+def cached_image(root: Path) -> Path:
+    key = hashlib.sha256(f"{root}:{root.stat().st_mtime_ns}:gzip-1M".encode()).hexdigest()[:16]
+    out = CACHE / f"bench-install-{key}" / "rootfs.squashfs"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".part")
+        print(f"making {out} from {root} (once)...", file=sys.stderr)
+        run(["mksquashfs", str(root), str(tmp), *inst.REPACK_ARGS, "-noappend", "-quiet",
+             "-no-progress", "-one-file-system"])  # fmt: skip
+        tmp.rename(out)
+    return out
+
+
+def plain_copy(image: Path, device: Path) -> float:
+    """dd the image three times onto the disk (where the three copies would go), flushed."""
+    size_mib = image.stat().st_size // (1 << 20) + 1
+    start = time.monotonic()
+    for i in range(3):
+        run(["dd", f"if={image}", f"of={device}", "bs=1M", f"seek={i * size_mib}",
+             "conv=fsync,notrunc", "status=none"])  # fmt: skip
+    return time.monotonic() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=Path)
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--disk-mib", type=int, default=0)
+    args = parser.parse_args()
+    image = args.image or cached_image(args.root or default_root())
+    img_mib = image.stat().st_size / (1 << 20)
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-install-") as tmp, ExitStack() as stack:
+        node = Path(tmp) / "node"
+        node.mkdir()
+        ctx = Context(root=node)
+        # The node root is a scratch directory (no host stage files run); the image is
+        # linked into it as the install source.
+        (node / "source.squashfs").symlink_to(image.resolve())
+        options = ip.parse_options(CONFIG)
+        source, problems = ip.find_source(ctx, "file:/source.squashfs")
+        assert source is not None, problems
+        layout, _, _ = ip.build_layout(options, ip.image_mib_for(source))
+        disk_mib = args.disk_mib or layout.min_disk_bytes() // (1 << 20) + 256
+        disk = Path(tmp) / "disk.img"
+        with disk.open("wb") as fh:
+            fh.truncate(disk_mib << 20)
+        device = stack.enter_context(loop.attached(disk, partscan=True))
+        baseline = plain_copy(image, device)
+        plan, problems = ip.make_plan(
+            ctx, options, CONFIG, blk.list_devices(), device_flag=str(device),
+            source_flag="file:/source.squashfs",
+        )  # fmt: skip
+        if plan is None or problems:
+            sys.exit("\n".join(problems))
+        progress = Progress(quiet=True)
+        start = time.monotonic()
+        inst.install(ctx, plan, inst.InstallInputs(options, "#cloud-config\n{}\n"), progress)
+        total = time.monotonic() - start
+    written = 3 * img_mib
+    print(f"image {image} ({img_mib:.1f} MiB), disk {disk_mib} MiB (loop device)")
+    print(f"plain copy of the same bytes (3 x dd, fsync): {baseline:7.2f} s "
+          f"({written / baseline:.0f} MiB/s)")  # fmt: skip
+    print(f"kairos install (partition .. done):          {total:7.2f} s")
+    for name, secs in progress.steps:
+        print(f"    {name:<16}{secs:7.2f} s")
+    print(f"ratio install / plain copy: {total / baseline:.2f}x (target < 1.3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

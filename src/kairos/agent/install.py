@@ -99,7 +99,6 @@ def install(ctx: Context, plan: InstallPlan, inputs: InstallInputs, progress: Pr
         [*TOOLS, *(["mksquashfs"] if plan.source.kind is SourceKind.DIRECTORY else [])],
         package_hint=TOOL_PACKAGES,
     )
-    set_env(inputs.options)
     run_hook_stage(ctx, inputs, "kairos-install.pre")
     with ExitStack() as stack:
         with progress.step("partition"):
@@ -140,12 +139,6 @@ def image_path(m: Mounted, partition: str, file: str) -> Path:
 
 
 # --- steps -----------------------------------------------------------------------------------
-
-
-def set_env(options: InstallOptions) -> None:
-    """`install.env` for the hooks, as upstream sets it for the whole install."""
-    for key, value in options.env:
-        os.environ[key] = value
 
 
 def partition_disk(plan: InstallPlan) -> Mounted:

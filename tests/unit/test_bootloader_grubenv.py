@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kairos.bootloader import grubenv
@@ -148,3 +148,28 @@ def test_newline_value_matches_grub_editenv_bytes(tmp_path: Path, allow_commands
     line = ours[len(grubenv.HEADER) : ours.index(b"\n#") + 1]
     assert line == b"k=a\\\nb\\\\c\n"
     assert line in data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1000))
+def test_parse_never_crashes_on_garbage(tail: bytes) -> None:
+    env = grubenv.parse(grubenv.HEADER + tail)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+
+
+@needs_editenv
+# allow_commands only opts the test in (no per-example state), so sharing it is safe.
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(env=st.dictionaries(names, values, max_size=6))
+def test_grub_editenv_lists_what_we_wrote_property(
+    env: dict[str, str], allow_commands: None
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grubenv"
+        grubenv.write(path, env)
+        out = run(["grub-editenv", str(path), "list"]).stdout
+    assert out == "".join(f"{k}={v}\n" for k, v in env.items())

@@ -14,6 +14,7 @@ from kairos.bootloader import grubcfg, grubenv
 from kairos.bootloader.install import (
     GRUB_MODULES,
     Firmware,
+    apply_grub_options,
     install_grub,
     mkimage_argv,
     write_grub_options,
@@ -195,3 +196,11 @@ def test_write_grub_options_merges_into_oem_grubenv(tmp_path: Path) -> None:
     assert grubenv.read(oem / "grubenv") == env
     with pytest.raises(KairosError, match=r"grub_options\.a=b"):
         write_grub_options(oem, {"a=b": "x"})
+
+
+def test_apply_grub_options_under_root(tmp_path: Path) -> None:
+    from kairos.context import Context
+
+    env = apply_grub_options(Context(root=tmp_path), {"next_entry": "recovery"})
+    assert env == {"next_entry": "recovery"}
+    assert grubenv.read(tmp_path / "oem/grubenv") == env

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from kairos.bootloader import grubcfg, grubenv
 from kairos.bootloader.embed import BIOS_BOOT_GUID, GptPartition, embed_bios_grub, read_gpt
+from kairos.context import Context
 from kairos.errors import KairosError
 from kairos.run import require_tools, run
 
@@ -224,6 +225,11 @@ def write_grub_options(oem_dir: Path, options: Mapping[str, object]) -> dict[str
     if problems:
         raise KairosError("invalid grub_options: " + "; ".join(problems) + ".")
     return grubenv.update(oem_dir / grubcfg.ENV_FILE.lstrip("/"), values)
+
+
+def apply_grub_options(ctx: Context, options: Mapping[str, object]) -> dict[str, str]:
+    """Root-level `grub_options` on a running node (or under `--root`): `/oem/grubenv`."""
+    return write_grub_options(ctx.path("/oem"), options)
 
 
 def _as_text(value: object) -> str:

@@ -78,12 +78,12 @@ def test_layout_mount_commands(tmp_path: Path, recorded_commands: list[tuple[str
         mounts.apply(m, str(sysroot))
     s = str(sysroot)
     assert recorded_commands == [
-        ("mount", "-t", "overlay", "overlay", "-o",
+        ("mount", "-t", "overlay", "-o",
          f"lowerdir={s}/etc,upperdir={base}/etc/.overlay/upper,workdir={base}/etc/.overlay/work",
-         f"{s}/etc"),
-        ("mount", "-t", "overlay", "overlay", "-o",
+         "overlay", f"{s}/etc"),
+        ("mount", "-t", "overlay", "-o",
          f"lowerdir={s}/var,upperdir={base}/var/.overlay/upper,workdir={base}/var/.overlay/work",
-         f"{s}/var"),
+         "overlay", f"{s}/var"),
         ("mount", "--bind", f"{s}/usr/local/.state/home.bind", f"{s}/home"),
         ("mount", "--bind", f"{s}/usr/local/.state/var-lib-app.bind", f"{s}/var/lib/app"),
     ]  # fmt: skip

@@ -159,7 +159,7 @@ def _sh(vm: Machine, command: str) -> str:
 QUERIES = {
     "modes": "ls /run/cos | grep _mode$ || true",
     "root": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /",
-    "root_backing": "losetup -n -O BACK-FILE $(findmnt -n -o SOURCE /)",
+    "root_backing": "cat /sys/block/$(basename $(findmnt -n -o SOURCE /))/loop/backing_file",
     "usr_write": "sudo -n touch /usr/immucore-test 2>&1 && echo writable || echo read-only",
     "etc_fstype": "findmnt -n -o FSTYPE /etc",
     "usr_local": "findmnt -n -o SOURCE /usr/local || echo none",
@@ -171,6 +171,8 @@ QUERIES = {
     "markers": "for f in /etc/m /home/immucore/m /root/m /var/log/m /usr/local/m; do "
     "sudo -n test -e $f && echo $f; done; true",
     "boot_time": "systemd-analyze || true",
+    "failed_units": "systemctl --failed --no-legend --plain | cut -d' ' -f1",
+    "journal_errors": "sudo -n journalctl -b -p err --no-pager | tail -20",
 }
 WRITE_MARKERS = (
     "sudo -n sh -c 'for f in /etc/m /home/immucore/m /root/m /var/log/m /usr/local/m; "

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kairos.build import grub, raw
+from kairos.build.chroot import remove_tree
 from kairos.build.pipeline import BuildRequest, build, parse_formats
 from kairos.build.squashfs import Compression, mksquashfs_argv
 from kairos.image.debian import DebianRecipe, cache_dir
@@ -60,35 +61,20 @@ def bare_raw(work: Path, dest: Path, kernel: Path, initrd: Path, squashfs: Path)
     return time.monotonic() - start
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--formats", default="iso,raw,qcow2")
-    ap.add_argument("--out", default="/var/tmp/kairos-bench")
-    args = ap.parse_args()
-    out = Path(args.out)
-    formats = parse_formats(args.formats)
-    warm = BuildRequest(source="debian:bookworm", output=out / "warm", formats=formats)
-    print("warming the cache (not measured) ...", flush=True)
-    build(warm, Progress(quiet=True))
-    req = BuildRequest(source="debian:bookworm", output=out / "measured", formats=formats,
-                       keep_work=True)  # fmt: skip
-    progress = Progress(quiet=True)
-    start = time.monotonic()
-    manifest = build(req, progress)
-    pipeline_wall = time.monotonic() - start
-    work = next(cache_dir(DebianRecipe()).parent.glob(f"work-kairos-{os.getpid()}"))
+def bare_round(work: Path, scratch: Path, formats: tuple[str, ...]) -> dict[str, float]:
+    """The plain tools on the bytes of one kept build (its work tree)."""
     root = work / "rootfs"
     kernel = (root / "boot/vmlinuz").resolve()
     initrd, squashfs = work / "initrd", work / "rootfs.squashfs"
     bare: dict[str, float] = {}
-    scratch = out / "bare"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    copy = cache_dir(DebianRecipe()).parent / f"bench-copy-{os.getpid()}"
-    bare["cp -al (root copy)"] = timed(["cp", "-a", "--link", f"{cache_dir(DebianRecipe())}/.",
-                                        str(copy)])  # fmt: skip
-    shutil.rmtree(copy)
-    bare["mksquashfs"] = timed(mksquashfs_argv(root, scratch / "r.squashfs", Compression.FAST))
+    cache = cache_dir(DebianRecipe())
+    copy = cache.parent / f"bench-copy-{os.getpid()}"
+    bare["cp -al (root copy)"] = timed(["cp", "-a", "--link", f"{cache}/.", str(copy)])
+    bare["rm -rf (root copy)"] = timed(["rm", "-rf", "--one-file-system", str(copy)])
+    bare["mksquashfs"] = timed(mksquashfs_argv(root, scratch / "r.squashfs", Compression.FAST),
+                               stderr=subprocess.DEVNULL)  # fmt: skip
     if "iso" in formats:
         bare["grub-mkrescue"] = timed(["grub-mkrescue", "-o", str(scratch / "k.iso"),
                                        str(work / "iso"), "--", "-volid", "COS_LIVE"],
@@ -99,9 +85,46 @@ def main() -> int:
         )
     if "qcow2" in formats:
         bare["qemu-img convert"] = timed(raw.qcow2_argv(scratch / "d.raw", scratch / "d.qcow2"))
-    remove_tree(work)
+    return bare
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--formats", default="iso,raw,qcow2")
+    ap.add_argument("--out", default="/var/tmp/kairos-bench")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    out = Path(args.out)
+    formats = parse_formats(args.formats)
+    warm = BuildRequest(source="debian:bookworm", output=out / "warm", formats=formats)
+    print("warming the cache (not measured) ...", flush=True)
+    build(warm, Progress(quiet=True))
+    shutil.rmtree(out / "warm")
+    pipeline_wall = float("inf")
+    best_steps: dict[str, float] = {}
+    bare: dict[str, float] = {}
+    manifest = None
+    # Other jobs share this machine: take the best of a few rounds for every figure.
+    for _ in range(args.rounds):
+        req = BuildRequest(source="debian:bookworm", output=out / "measured", formats=formats,
+                           keep_work=True)  # fmt: skip
+        progress = Progress(quiet=True)
+        start = time.monotonic()
+        manifest = build(req, progress)
+        wall = time.monotonic() - start
+        work = next(cache_dir(DebianRecipe()).parent.glob(f"work-kairos-{os.getpid()}"))
+        for name, secs in bare_round(work, out / "bare", formats).items():
+            bare[name] = min(bare.get(name, secs), secs)
+        # The kept work tree is removed here instead of inside build(): count that too.
+        cleanup = time.monotonic()
+        remove_tree(work)
+        steps = [*progress.steps, ("clean up work tree", time.monotonic() - cleanup)]
+        pipeline_wall = min(pipeline_wall, wall + steps[-1][1])
+        for name, secs in steps:
+            best_steps[name] = min(best_steps.get(name, secs), secs)
+    assert manifest is not None
     print("\npipeline steps (warm cache):")
-    for name, secs in progress.steps:
+    for name, secs in best_steps.items():
         print(f"  {secs:7.2f}s  {name}")
     print(f"  {pipeline_wall:7.2f}s  TOTAL wall")
     print("\nbare tools on the same bytes:")

@@ -219,7 +219,7 @@ def build(
             outputs += steps.write_format(fmt, parts.root, parts.kernel, parts.initrd,
                                           parts.squashfs, work, request, progress)  # fmt: skip
         with progress.step("manifest (sha256)"):
-            artifacts = [Artifact.of(kind, request.output, path) for kind, path in outputs]
+            artifacts = digest_all(outputs, request.output)
     finally:
         if not request.keep_work:
             from kairos.build.chroot import remove_tree
@@ -236,7 +236,9 @@ def build(
     return manifest
 
 
-def default_work_root() -> Path:
-    from kairos.image.debian import CACHE_ROOT
+def digest_all(outputs: Sequence[tuple[ArtifactKind, Path]], out_dir: Path) -> list[Artifact]:
+    """Artifacts with their sha256, hashed in parallel (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    return CACHE_ROOT / f"work-{os.getpid()}"
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda item: Artifact.of(item[0], out_dir, item[1]), outputs))

@@ -56,13 +56,18 @@ def wait_for(path: str, timeout: float) -> bool:
     return True
 
 
-def mount_state(plan: RootPlan, timeout: float) -> None:
-    device = device_path(plan.state_device)
-    if not wait_for(device, timeout):
+def wait_state(plan: RootPlan, timeout: float) -> None:
+    """Wait for the disk (any boot waits for its root disk: logged apart from our own work)."""
+    if not wait_for(device_path(plan.state_device), timeout):
         raise KairosError(
             f"{plan.state_device}: the state partition did not appear within {timeout:.0f} s.",
             hint="check the disk is attached and was installed by kairos-agent install",
         )
+
+
+def mount_state(plan: RootPlan, timeout: float) -> None:
+    wait_state(plan, timeout)
+    device = device_path(plan.state_device)
     os.makedirs(plan.state_mount, exist_ok=True)
     if not os.path.ismount(plan.state_mount):
         run(["mount", "-o", "ro", device, plan.state_mount])

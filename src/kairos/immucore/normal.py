@@ -62,10 +62,13 @@ class BootLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._out = path.open("a", buffering=1)
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, *, echo: bool = True) -> None:
+        """Log a line; `echo=False` keeps it out of the console (a serial console is slow,
+        and 40 mount lines per boot add up)."""
         stamped = f"[{uptime():9.3f}] {text}"
         self._out.write(stamped + "\n")
-        print(f"immucore: {text}", flush=True)
+        if echo:
+            print(f"immucore: {text}", flush=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -115,6 +118,8 @@ def phase_root(cmdline: Cmdline, log: BootLog) -> None:
         cos = Path("/run/cos")
         cos.mkdir(parents=True, exist_ok=True)
         (cos / f"{root.state}_mode").write_text("")
+    with log.step(f"wait for {root.state_device}"):
+        mounts.wait_state(root, STATE_TIMEOUT)
     with log.step(f"mount state {root.state_device}"):
         mounts.mount_state(root, STATE_TIMEOUT)
     with log.step(f"loop {root.image}"):
@@ -173,9 +178,10 @@ def apply_mounts(plan: LayoutPlan, log: BootLog) -> tuple[Mount, ...]:
             continue
         if applied:
             done.append(m)
-            log.line(m.describe())
+            log.line(m.describe(), echo=False)
         else:
-            log.line(f"skipped (nothing to mount on): {m.describe()}")
+            log.line(f"skipped (nothing to mount on): {m.describe()}", echo=False)
+    log.line(f"{len(done)} of {len(plan.mounts)} layout mounts made (list in {log.path})")
     return tuple(done)
 
 

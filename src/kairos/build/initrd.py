@@ -23,7 +23,9 @@ from kairos.build.kairosify import PY_SITE, RESOURCES
 from kairos.image.debian import CACHE_ROOT
 from kairos.run import run
 
-DRACUT_MODULES = ("dmsquash-live", "livenet", "immucore")
+# network-legacy: livenet fetches the squashfs from the "online" initqueue hook, which
+# only the dhclient-based handler runs (with systemd-networkd it waits forever).
+DRACUT_MODULES = ("dmsquash-live", "livenet", "network-legacy", "immucore")
 DRACUT_OMIT = (
     "plymouth", "rescue", "nfs", "iscsi", "nbd", "fcoe", "fcoe-uefi", "multipath", "mdraid",
     "dmraid", "btrfs", "cifs", "nvdimm", "bluetooth", "biosdevname", "memstrack",

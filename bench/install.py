@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--image", type=Path)
     parser.add_argument("--root", type=Path)
     parser.add_argument("--disk-mib", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     image = args.image or cached_image(args.root or default_root())
     img_mib = image.stat().st_size / (1 << 20)
@@ -87,23 +88,32 @@ def main() -> int:
         with disk.open("wb") as fh:
             fh.truncate(disk_mib << 20)
         device = stack.enter_context(loop.attached(disk, partscan=True))
-        baseline = plain_copy(image, device)
-        plan, problems = ip.make_plan(
-            ctx, options, CONFIG, blk.list_devices(), device_flag=str(device),
-            source_flag="file:/source.squashfs",
-        )  # fmt: skip
-        if plan is None or problems:
-            sys.exit("\n".join(problems))
-        progress = Progress(quiet=True)
-        start = time.monotonic()
-        inst.install(ctx, plan, inst.InstallInputs(options, "#cloud-config\n{}\n"), progress)
-        total = time.monotonic() - start
+        # Both sides read the source from the page cache; rounds alternate, best of each
+        # counts (the host is shared with other jobs).
+        run(["cat", str(image)], capture=True)
+        baselines: list[float] = []
+        installs: list[tuple[float, list[tuple[str, float]]]] = []
+        for _ in range(args.rounds):
+            baselines.append(plain_copy(image, device))
+            plan, problems = ip.make_plan(
+                ctx, options, CONFIG, blk.list_devices(), device_flag=str(device),
+                source_flag="file:/source.squashfs",
+            )  # fmt: skip
+            if plan is None or problems:
+                sys.exit("\n".join(problems))
+            progress = Progress(quiet=True)
+            start = time.monotonic()
+            inst.install(ctx, plan, inst.InstallInputs(options, "#cloud-config\n{}\n"), progress)
+            installs.append((time.monotonic() - start, progress.steps))
+        baseline = min(baselines)
+        total, steps = min(installs)
     written = 3 * img_mib
     print(f"image {image} ({img_mib:.1f} MiB), disk {disk_mib} MiB (loop device)")
+    print(f"best of {args.rounds} rounds each")
     print(f"plain copy of the same bytes (3 x dd, fsync): {baseline:7.2f} s "
           f"({written / baseline:.0f} MiB/s)")  # fmt: skip
     print(f"kairos install (partition .. done):          {total:7.2f} s")
-    for name, secs in progress.steps:
+    for name, secs in steps:
         print(f"    {name:<16}{secs:7.2f} s")
     print(f"ratio install / plain copy: {total / baseline:.2f}x (target < 1.3x)")
     return 0

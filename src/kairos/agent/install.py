@@ -115,11 +115,11 @@ def install(ctx: Context, plan: InstallPlan, inputs: InstallInputs, progress: Pr
         with progress.step("active"):
             deploy_active(ctx, plan, m, progress)
             write_custom_config(m, inputs.config_text)
-        with progress.step("bootloader"):
-            install_bootloader(ctx, plan, m, inputs)
+        with progress.step("bootloader"), mounted_image(ctx, m, inputs.work_dir) as image:
+            install_bootloader(plan, m, inputs, image)
             # Upstream runs after-install-chroot right after GRUB; the progress contract has
             # no step of its own for it.
-            run_chroot_stage(ctx, inputs, m)
+            run_chroot_stage(ctx, inputs, m, image)
         active = image_path(m, ACTIVE.partition, ACTIVE.file)
         with progress.step("recovery"):
             copy_image(active, image_path(m, RECOVERY.partition, RECOVERY.file), progress)
@@ -288,23 +288,27 @@ def write_custom_mounts(m: Mounted, options: InstallOptions) -> None:
     _write(m.dirs["COS_OEM"] / MOUNTS_CONFIG.removeprefix("/oem/"), text.encode(), 0o640)
 
 
-def install_bootloader(ctx: Context, plan: InstallPlan, m: Mounted, inputs: InstallInputs) -> None:
+@contextmanager
+def mounted_image(ctx: Context, m: Mounted, work_dir: str) -> Iterator[Path]:
+    """The new active image, read-only: GRUB's modules come from it, and it is the lower
+    layer of the after-install-chroot root (mounted once for both)."""
+    image = image_path(m, ACTIVE.partition, ACTIVE.file)
+    target = ctx.path(f"{work_dir}/active")
+    with mount.mounted(image, target, fstype="squashfs", options=("loop", "ro")) as root:
+        yield root
+
+
+def install_bootloader(plan: InstallPlan, m: Mounted, inputs: InstallInputs, image: Path) -> None:
     """GRUB for BIOS and UEFI from the new image's own modules; grub_options into /oem/grubenv."""
     from kairos.bootloader import install as grub
 
-    with ExitStack() as stack:
-        image = m.dirs[ACTIVE.partition] / ACTIVE.file.lstrip("/")
-        root = stack.enter_context(
-            mount.mounted(image, ctx.path(f"{inputs.work_dir}/image-grub"),
-                          fstype="squashfs", options=("loop", "ro"))
-        )  # fmt: skip
-        grub.install_grub(
-            Path(plan.device),
-            m.dirs["COS_GRUB"],
-            m.dirs["COS_STATE"],
-            root,
-            firmware=grub.Firmware.BOTH,
-        )
+    grub.install_grub(
+        Path(plan.device),
+        m.dirs["COS_GRUB"],
+        m.dirs["COS_STATE"],
+        image,
+        firmware=grub.Firmware.BOTH,
+    )
     options = dict(inputs.options.grub_options)
     if inputs.options.grub_entry_name:
         options.setdefault("default_menu_entry", inputs.options.grub_entry_name)
@@ -315,15 +319,11 @@ def install_bootloader(ctx: Context, plan: InstallPlan, m: Mounted, inputs: Inst
 
 
 @contextmanager
-def chroot_root(ctx: Context, m: Mounted, work_dir: str) -> Iterator[Path]:
+def chroot_root(ctx: Context, m: Mounted, work_dir: str, lower: Path) -> Iterator[Path]:
     """The new active image as a writable root: squashfs + tmpfs overlay, with /oem and
     COS_PERSISTENT at /usr/local bound in (as upstream) and the kernel filesystems."""
     base = ctx.path(f"{work_dir}/chroot")
-    image = m.dirs[ACTIVE.partition] / ACTIVE.file.lstrip("/")
     with ExitStack() as stack:
-        lower = stack.enter_context(
-            mount.mounted(image, base / "lower", fstype="squashfs", options=("loop", "ro"))
-        )
         rw = stack.enter_context(mount.mounted("tmpfs", base / "rw", fstype="tmpfs"))
         (rw / "upper").mkdir()
         (rw / "work").mkdir()
@@ -338,12 +338,12 @@ def chroot_root(ctx: Context, m: Mounted, work_dir: str) -> Iterator[Path]:
         yield root
 
 
-def run_chroot_stage(ctx: Context, inputs: InstallInputs, m: Mounted) -> None:
+def run_chroot_stage(ctx: Context, inputs: InstallInputs, m: Mounted, image: Path) -> None:
     """`after-install-chroot`, inside the new system (changes outside /oem and /usr/local
     are discarded: the image is read-only)."""
     from kairos.stages import loader
 
-    with chroot_root(ctx, m, inputs.work_dir) as root:
+    with chroot_root(ctx, m, inputs.work_dir, image) as root:
         inner = Context(root=root, debug=ctx.debug, strict=ctx.strict, json=ctx.json)
         files = loader.load_sources(inner, loader.stage_paths(), cmdline=False)
         _run(inner, "after-install-chroot", (*files, *_extra_files(inputs)))

@@ -16,7 +16,8 @@ unit: setup
 
 run: setup
 	.venv/bin/kairos build --source debian:bookworm --output $(OUT) --format iso
-	.venv/bin/kairos vm run $(OUT)/kairos.iso --serial-log $(OUT)/serial.log --show-console --until-login --state --shutdown
+	.venv/bin/kairos vm run $(OUT)/kairos.iso --serial-log $(OUT)/serial.log --timeout 600 \
+		--show-console --until-login --state --shutdown
 
 lint: setup
 	$(PY) -m pytest -q tests/unit/test_linters.py

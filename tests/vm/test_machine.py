@@ -7,6 +7,9 @@ without needing a Linux guest.
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,3 +152,50 @@ def test_vm_run_command_streams_the_console_until_the_vm_exits(
     assert re.search(r"\(iso, bios\) on (tcg|kvm): \S", err)
     assert "ok boot to the login prompt" in err
     assert "PROBE-END" in log.read_text()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_killed_vm_run_leaves_no_qemu_behind(
+    slow_probe_iso: Path, tmp_path: Path, how: signal.Signals
+) -> None:
+    log = tmp_path / "serial.log"
+    kairos = Path(sys.executable).parent / "kairos"
+    argv = [str(kairos), "vm", "run", str(slow_probe_iso), "--bios", "--serial-log", str(log)]
+    cli = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while "PROBE-END" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and cli.poll() is None
+            time.sleep(0.5)
+        qemu = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmd_has(p, str(log))]
+        assert len(qemu) == 1
+        cli.send_signal(how)
+        cli.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _alive(qemu[0]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(qemu[0]), "QEMU outlived the killed 'kairos vm run'"
+        if how is signal.SIGTERM:
+            assert cli.returncode == 130
+            assert cli.stderr is not None and "interrupted" in cli.stderr.read().decode()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+
+
+def _cmd_has(proc: Path, needle: str) -> bool:
+    try:
+        cmd = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    is_qemu = bool(cmd) and cmd[0].endswith(b"qemu-system-x86_64")
+    return is_qemu and needle.encode() in b" ".join(cmd)
+
+
+def _alive(proc: Path) -> bool:
+    """Running, not merely an unreaped zombie (orphans go to a PID 1 that may not reap)."""
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

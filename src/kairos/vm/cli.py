@@ -91,7 +91,12 @@ def parse_memory(text: str) -> int:
     return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace, ctx: object) -> int:
+    import signal
     import sys
     from pathlib import Path
 
@@ -123,6 +128,9 @@ def _run(args: argparse.Namespace, ctx: object) -> int:
         ssh_port=args.ssh_port,
         persist=args.persist,
     )
+    # `timeout`, service managers and CI stop us with SIGTERM: shut the VM down in order then
+    # too (cli.py reports it as an interruption).
+    signal.signal(signal.SIGTERM, _interrupt)
     progress = Progress()
     serial_log = Path(args.serial_log) if args.serial_log else None
     machine = Machine(spec, serial_log=serial_log, echo=sys.stdout if args.show_console else None)

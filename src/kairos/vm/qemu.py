@@ -8,6 +8,7 @@ to localhost) and is a context manager that always kills the process on exit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +31,7 @@ from kairos.run import Result, require_tools, run
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 LOGIN_PROMPT = r"login: ?$"
+_PR_SET_PDEATHSIG = 1
 # Console lines after which a boot cannot come up on its own.
 BOOT_FAILURE = (
     r"Kernel panic - not syncing.*|Entering emergency mode.*|You are in emergency mode.*"
@@ -269,6 +272,22 @@ def qmp_command(sock_path: Path, command: str, timeout: float = 5.0) -> dict[str
         return reply
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A pre-exec hook: QEMU gets SIGKILL when we die, even by SIGKILL (no orphaned VMs).
+
+    QEMU runs in its own session so that Ctrl-C reaches us first and we shut it down in
+    order; without this, a killed `kairos vm run` or test run would leave it running.
+    """
+
+    def hook() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return hook
+
+
 class Machine:
     """One QEMU virtual machine; `with Machine(spec) as vm:` always kills it on exit."""
 
@@ -388,7 +407,12 @@ class Machine:
             argv = qemu_argv(plan)
             with qemu_log.open("wb") as out:
                 self._proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(os.getpid()),
                 )
             self.started_at = time.monotonic()
             (self.workdir / "qemu.argv").write_text(" ".join(argv) + "\n")

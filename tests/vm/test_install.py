@@ -1,10 +1,15 @@
-"""Acceptance: install from the live ISO to a blank disk, then boot the disk, BIOS and UEFI.
+"""Acceptance: install to a disk, then boot the disk, BIOS and UEFI.
 
-The guest is the session's ISO (tests/vm/conftest.py) with a blank 12 GiB virtio disk. Over
-SSH the test checks the dry-run plan, starts `kairos-agent manual-install` with the config
-below (install.reboot: true), and waits until the machine comes back from the disk: the
-kernel command line names COS_ACTIVE and carries install.grub_options' extra_cmdline.
-Serial logs: tests/vm/logs/test_install_and_boot_from_disk*.serial.log.
+`test_install_and_boot_from_disk`: the session's ISO (tests/vm/conftest.py) with a blank
+12 GiB virtio disk. Over SSH the test checks the dry-run plan, starts `kairos-agent
+manual-install` with the config below (install.reboot: true), and waits until the machine
+comes back from the disk: the kernel command line names COS_ACTIVE and carries
+install.grub_options' extra_cmdline.
+
+`test_host_installed_disk_boots`: the same install run on the host onto a loop device over a
+raw file (the ISO's root as `--source dir:`), then that disk booted: the installer, GRUB and
+immucore end to end without depending on the live boot.
+Serial logs: tests/vm/logs/test_*install*.serial.log.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from kairos.vm.qemu import LOGIN_PROMPT, Firmware, Machine
 from tests.vm.conftest import TIMINGS, Built
+
+HOST_DISK_GIB = 6
 
 pytestmark = pytest.mark.vm
 
@@ -89,6 +97,10 @@ def test_install_and_boot_from_disk(
     TIMINGS.append((f"install ({firmware}, {plan['source']['kind']}) to disk boot",
                     time.monotonic() - start))  # fmt: skip
 
+    _check_installed(vm, cmdline)
+
+
+def _check_installed(vm: Machine, cmdline: str) -> None:
     assert "cos-img/filename=/cOS/active.img" in cmdline
     assert "kairos.vmtest=installed" in cmdline  # install.grub_options via /oem/grubenv
     assert _out(vm, "sudo kairos-agent state get boot") == "active_boot"
@@ -98,3 +110,43 @@ def test_install_and_boot_from_disk(
     assert _out(vm, "sudo stat -c %a /oem/90_custom.yaml") == "640"
     assert _out(vm, "sudo cat /oem/vmtest-after-install") == "ran"
     assert "first-install" in _out(vm, "sudo cat /usr/local/.kairos-state")
+
+
+@pytest.fixture(scope="module")
+def host_installed_disk(kairos_build: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A raw disk file installed on the host from the ISO's own root."""
+    from kairos.cli import main
+    from kairos.disk import loop
+    from kairos.run import run
+
+    work = tmp_path_factory.mktemp("host-install")
+    live = work / "live.squashfs"
+    run(["xorriso", "-osirrox", "on", "-indev", str(kairos_build.iso),
+         "-extract", "/rootfs.squashfs", str(live)])  # fmt: skip
+    node = work / "node"
+    run(["unsquashfs", "-q", "-n", "-d", str(node / "srv/root"), str(live)])
+    live.unlink()
+    config = work / "install.yaml"
+    config.write_text(INSTALL_CONFIG.replace("  reboot: true\n", ""))
+    disk = work / "disk.raw"
+    with disk.open("wb") as fh:
+        fh.truncate(HOST_DISK_GIB << 30)
+    start = time.monotonic()
+    with loop.attached(disk, partscan=True) as device:
+        code = main(["--root", str(node), "manual-install", str(config),
+                     "--device", str(device), "--source", "dir:/srv/root"])  # fmt: skip
+    assert code == 0
+    TIMINGS.append(("host install of the ISO root (repacked to gzip)", time.monotonic() - start))
+    run(["rm", "-rf", "--one-file-system", str(node)])
+    return disk
+
+
+@pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI])
+def test_host_installed_disk_boots(
+    host_installed_disk: Path, start_vm: Callable[..., Machine], firmware: Firmware
+) -> None:
+    vm = start_vm(host_installed_disk, firmware=firmware)
+    vm.wait_for(LOGIN_PROMPT, BOOT_TIMEOUT)
+    TIMINGS.append((f"installed disk ({firmware}): QEMU start to login prompt", vm.uptime()))
+    vm.wait_for_ssh(BOOT_TIMEOUT)
+    _check_installed(vm, _out(vm, "cat /proc/cmdline"))

@@ -7,6 +7,7 @@ without needing a Linux guest.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def test_a_killed_vm_run_leaves_no_qemu_behind(
     kairos = Path(sys.executable).parent / "kairos"
     argv = [str(kairos), "vm", "run", str(slow_probe_iso), "--bios", "--serial-log", str(log)]
     cli = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workdir: Path | None = None
     try:
         deadline = time.monotonic() + 120
         while "PROBE-END" not in (log.read_text() if log.exists() else ""):
@@ -169,6 +171,10 @@ def test_a_killed_vm_run_leaves_no_qemu_behind(
             time.sleep(0.5)
         qemu = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmd_has(p, str(log))]
         assert len(qemu) == 1
+        cmdline = (qemu[0] / "cmdline").read_bytes().decode()
+        qmp = re.search(r"unix:(/\S+?)/qmp\.sock", cmdline)
+        assert qmp is not None
+        workdir = Path(qmp.group(1))
         cli.send_signal(how)
         cli.wait(timeout=30)
         deadline = time.monotonic() + 15
@@ -178,9 +184,13 @@ def test_a_killed_vm_run_leaves_no_qemu_behind(
         if how is signal.SIGTERM:
             assert cli.returncode == 130
             assert cli.stderr is not None and "interrupted" in cli.stderr.read().decode()
+            assert not workdir.exists()  # cleaned up in order
     finally:
         if cli.poll() is None:
             cli.kill()
+        # A SIGKILLed CLI cannot remove its temporary workdir; the test does.
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _cmd_has(proc: Path, needle: str) -> bool:

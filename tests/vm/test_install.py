@@ -124,6 +124,7 @@ def host_installed_disk(kairos_build: Built, tmp_path_factory: pytest.TempPathFa
     run(["xorriso", "-osirrox", "on", "-indev", str(kairos_build.iso),
          "-extract", "/rootfs.squashfs", str(live)])  # fmt: skip
     node = work / "node"
+    (node / "srv").mkdir(parents=True)
     run(["unsquashfs", "-q", "-n", "-d", str(node / "srv/root"), str(live)])
     live.unlink()
     config = work / "install.yaml"

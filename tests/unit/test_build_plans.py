@@ -52,8 +52,8 @@ def test_dd_and_qcow2_argv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("comp", "expect"),
     [
-        (Compression.FAST, ["-comp", "zstd", "-Xcompression-level", "3"]),
-        (Compression.RELEASE, ["-comp", "zstd", "-Xcompression-level", "19"]),
+        (Compression.FAST, ["-comp", "gzip", "-Xcompression-level", "1", "-b", "1M"]),
+        (Compression.RELEASE, ["-comp", "xz", "-Xbcj", "x86", "-b", "1M"]),
         (Compression.GZIP, ["-comp", "gzip"]),
     ],
 )

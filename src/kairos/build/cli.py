@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--compression",
         default="fast",
         choices=("fast", "release", "gzip"),
-        help="squashfs compression: fast = zstd 3 (default), release = zstd 19",
+        help="squashfs compression, all readable by GRUB: fast = gzip 1 (default), "
+        "release = xz, gzip = gzip 9",
     )
     p.add_argument(
         "--extra-cmdline", default="", metavar="ARGS", help="append ARGS to every boot entry"

@@ -78,6 +78,7 @@ def test_layout_mount_commands(tmp_path: Path, recorded_commands: list[tuple[str
         mounts.apply(m, str(sysroot))
     s = str(sysroot)
     assert recorded_commands == [
+        ("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{s}/tmp"),
         ("mount", "-t", "overlay", "-o",
          f"lowerdir={s}/etc,upperdir={base}/etc/.overlay/upper,workdir={base}/etc/.overlay/work",
          "overlay", f"{s}/etc"),

@@ -192,6 +192,7 @@ def test_fstab_text() -> None:
         "/dev/disk/by-label/COS_ACTIVE / auto ro 0 0\n"
         "/dev/disk/by-label/COS_OEM /oem auto defaults 0 0\n"
         "tmpfs /run/overlay tmpfs defaults,size=25% 0 0\n"
+        "tmpfs /tmp tmpfs defaults,mode=1777 0 0\n"
         "overlay /etc overlay defaults,lowerdir=/etc,upperdir=/run/overlay/etc/.overlay/upper,"
         "workdir=/run/overlay/etc/.overlay/work 0 0\n"
         "/dev/disk/by-label/COS_PERSISTENT /usr/local auto defaults 0 0\n"
@@ -219,7 +220,7 @@ def test_dry_run_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                    'PERSISTENT_STATE_PATHS="/home"\nPERSISTENT_STATE_BIND="true"\n')  # fmt: skip
     assert main(["--dry-run", "--cmdline", ACTIVE, "--layout-env", str(env)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[:15] == [
+    assert out[:16] == [
         "immucore plan: active boot",
         " 1. write /run/cos/active_mode",
         " 2. wait for LABEL=COS_STATE (up to 120 s), mount it read-only at "
@@ -232,15 +233,16 @@ def test_dry_run_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "/sysroot/usr/local/cloud-config)",
         f" 7. read the layout ({env})",
         " 8. mount tmpfs at /run/overlay (size=20%)",
-        " 9. overlay /sysroot/etc over the image, upper /run/overlay/etc/.overlay/upper",
-        "10. mount LABEL=COS_PERSISTENT at /sysroot/usr/local (optional, wait 10 s)",
-        "11. bind /sysroot/usr/local/.state/home.bind at /sysroot/home (seeded from "
+        " 9. mount tmpfs at /sysroot/tmp (mode=1777)",
+        "10. overlay /sysroot/etc over the image, upper /run/overlay/etc/.overlay/upper",
+        "11. mount LABEL=COS_PERSISTENT at /sysroot/usr/local (optional, wait 10 s)",
+        "12. bind /sysroot/usr/local/.state/home.bind at /sysroot/home (seeded from "
         "/sysroot/home on first use only)",
-        "12. write /sysroot/etc/fstab",
-        "13. run the initramfs stage chrooted in /sysroot",
-        "14. hand over to switch-root",
+        "13. write /sysroot/etc/fstab",
+        "14. run the initramfs stage chrooted in /sysroot",
+        "15. hand over to switch-root",
     ]
-    assert out[15] == "fstab:"
+    assert out[16] == "fstab:"
     assert out[-1] == "/usr/local/.state/home.bind /home none defaults,bind 0 0"
 
 

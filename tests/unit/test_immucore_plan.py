@@ -127,6 +127,7 @@ def test_active_plan_order() -> None:
     )
     assert _where(plan.mounts) == [
         ("tmpfs", "/run/overlay"),
+        ("tmpfs", "/sysroot/tmp"),
         ("overlay", "/sysroot/var"),
         ("overlay", "/sysroot/etc"),
         ("overlay", "/sysroot/srv"),
@@ -138,8 +139,9 @@ def test_active_plan_order() -> None:
         ("bind", "/sysroot/var/lib/kairos"),
     ]
     assert plan.mounts[0].options == ("size=25%",)
-    assert plan.mounts[2].upper == "/run/overlay/etc/.overlay"
-    ssh = plan.mounts[6]
+    assert plan.mounts[1].options == ("mode=1777",)
+    assert plan.mounts[3].upper == "/run/overlay/etc/.overlay"
+    ssh = plan.mounts[7]
     assert ssh.what == "/sysroot/usr/local/.state/etc-ssh.bind"
     assert ssh.seed_from == "/sysroot/etc/ssh"
     assert plan.notes == ()
@@ -166,6 +168,7 @@ def test_recovery_layout_from_its_env_uses_upstream_rw_paths() -> None:
     plan = plan_layout(c(RECOVERY), layout)
     assert _where(plan.mounts) == [
         ("tmpfs", "/run/overlay"),
+        ("tmpfs", "/sysroot/tmp"),
         ("overlay", "/sysroot/etc"),
         ("overlay", "/sysroot/root"),
         ("overlay", "/sysroot/home"),
@@ -180,7 +183,7 @@ def test_recovery_layout_from_its_env_uses_upstream_rw_paths() -> None:
 def test_no_layout_file_is_upstreams_builtin_default() -> None:
     plan = plan_layout(c(ACTIVE), Layout(from_file=False))
     assert plan.mounts[0].options == ("size=20%",)
-    assert len(plan.mounts) == 8
+    assert len(plan.mounts) == 9
 
 
 @pytest.mark.parametrize(
@@ -275,7 +278,8 @@ def test_oem_label_and_timeout_from_immucore_keys() -> None:
 
 def test_custom_sysroot() -> None:
     plan = plan_layout(c(ACTIVE), DEFAULT, sysroot="/mnt/new")
-    assert plan.mounts[1].where == "/mnt/new/var"
+    assert plan.mounts[1].where == "/mnt/new/tmp"
+    assert plan.mounts[2].where == "/mnt/new/var"
     assert plan.mounts[-1].what == "/mnt/new/usr/local/.state/var-lib-kairos.bind"
 
 

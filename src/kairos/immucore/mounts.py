@@ -128,7 +128,8 @@ def mount_device(m: Mount) -> bool:
 
 def mount_tmpfs(m: Mount) -> None:
     os.makedirs(m.where, exist_ok=True)
-    _mount("tmpfs", m.where, "tmpfs", ",".join(("mode=0755", *m.options)))
+    mode = () if any(o.startswith("mode=") for o in m.options) else ("mode=0755",)
+    _mount("tmpfs", m.where, "tmpfs", ",".join((*mode, *m.options)))
 
 
 def mount_overlay(m: Mount, sysroot: str) -> bool:

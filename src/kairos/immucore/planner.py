@@ -254,6 +254,9 @@ def plan_layout(
         mounts.append(Mount(Kind.DEVICE, overlay, OVERLAY_BASE, "auto"))
     else:
         mounts.append(Mount(Kind.TMPFS, "tmpfs", OVERLAY_BASE, "tmpfs", (f"size={size}",)))
+    # A tmpfs /tmp, as upstream's DAG mounts: the root is read-only, and systemd (< 255)
+    # builds PrivateDevices= namespaces in /tmp (resolved, hostnamed fail without it).
+    mounts.append(Mount(Kind.TMPFS, "tmpfs", f"{sysroot}/tmp", "tmpfs", ("mode=1777",)))
     for path in layout.rw_paths:
         upper = f"{OVERLAY_BASE}{path}/.overlay"
         where = sysroot + path

@@ -39,9 +39,10 @@ install:
   grub_options:
     extra_cmdline: "kairos.vmtest=installed"
 stages:
+  # after-install runs on the installing system; COS_OEM is mounted at /run/cos/oem there.
   after-install:
   - files:
-    - path: /oem/vmtest-after-install
+    - path: /run/cos/oem/vmtest-after-install
       content: ran
 """
 BOOT_TIMEOUT = 480

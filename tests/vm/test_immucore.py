@@ -277,6 +277,13 @@ def test_fstab_describes_the_layout(boots: dict[str, Boot]) -> None:
     assert "tmpfs /run/overlay tmpfs defaults,size=25% 0 0" in lines
     assert "/dev/disk/by-label/COS_PERSISTENT /usr/local auto defaults 0 0" in lines
     assert "/usr/local/.state/etc-ssh.bind /etc/ssh none defaults,bind 0 0" in lines
+    assert "tmpfs /tmp tmpfs defaults,mode=1777 0 0" in lines
+
+
+def test_no_unit_failed(boots: dict[str, Boot]) -> None:
+    # systemd-resolved's PrivateDevices= namespace needs a writable /tmp on a read-only root.
+    for boot in boots.values():
+        assert boot.out["failed_units"] == "", (boot.name, boot.out["journal_errors"])
 
 
 def test_immucore_log_and_time(boots: dict[str, Boot]) -> None:

@@ -135,7 +135,8 @@ def package_entries(
         if not base.is_dir():
             continue
         for path in sorted([base, *base.rglob("*")]):
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
+            # Only the image's own bytecode (made by kairosify for its python3) rides along.
+            if path.suffix == ".pyc" and "__pycache__" not in path.parts:
                 continue
             entries.append((str(path.relative_to(root)), None if path.is_dir() else path))
     return entries

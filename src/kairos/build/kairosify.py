@@ -6,6 +6,7 @@ replaced (unlink, then write a new inode), never edited in place: the cache stay
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,9 @@ from pathlib import Path
 import kairos
 from kairos.build.families import Family, OsRelease
 from kairos.errors import KairosError
+from kairos.run import run
+
+log = logging.getLogger(__name__)
 
 RESOURCES = Path(kairos.__file__).parent / "resources"
 PY_SITE = "usr/lib/python3/dist-packages"
@@ -109,8 +113,27 @@ def install_kairos(root: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    compile_bytecode(root, PY_SITE + "/kairos")
     for name in ("kairos", "kairos-agent"):
         replace_file(root / "usr/bin" / name, AGENT_SCRIPT, 0o755)
+
+
+def compile_bytecode(root: Path, site_dir: str) -> None:
+    """Byte-compile with the image's own python3: the node's `/usr` is read-only, so without
+    this every `kairos-agent` call (one per boot stage, and immucore in the initramfs)
+    compiles the whole package in memory again, seconds under emulation. unchecked-hash
+    pycs stay valid whatever mtimes the squashfs or the initrd's cpio give the sources."""
+    if not (root / "usr/bin/python3").exists():
+        return
+    result = run(
+        [
+            "chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q",
+            "--invalidation-mode", "unchecked-hash", "/" + site_dir,
+        ],
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        log.warning("byte-compiling %s in the image failed: %s", site_dir, result.stderr[-300:])
 
 
 def install_dracut_module(root: Path) -> None:

@@ -45,7 +45,7 @@ stages:
     - path: /run/cos/oem/vmtest-after-install
       content: ran
 """
-BOOT_TIMEOUT = 480
+BOOT_TIMEOUT = 600  # as the other VM tests: TCG boots on a loaded 2-core host
 # Under TCG on a loaded 2-core host; a zstd live image is repacked to gzip in the guest,
 # which is most of this time (a GRUB-readable live image is a plain copy).
 INSTALL_TIMEOUT = 3000

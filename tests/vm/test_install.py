@@ -48,7 +48,7 @@ stages:
 BOOT_TIMEOUT = 600  # as the other VM tests: TCG boots on a loaded 2-core host
 # Under TCG on a loaded 2-core host; a zstd live image is repacked to gzip in the guest,
 # which is most of this time (a GRUB-readable live image is a plain copy).
-INSTALL_TIMEOUT = 3000
+INSTALL_TIMEOUT = 1500
 
 
 def _out(vm: Machine, command: str, timeout: float = 120) -> str:

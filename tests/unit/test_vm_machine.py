@@ -157,3 +157,59 @@ def test_a_panic_fails_the_ssh_wait_at_once(machine: Machine) -> None:
     _append(machine, b"Kernel panic - not syncing: Attempted to kill init!\r\n")
     with pytest.raises(VMError, match="failed while waiting for SSH: 'Kernel panic"):
         machine.wait_for_ssh(timeout=60)
+
+
+def test_ssh_with_a_key_logs_in_with_the_key_alone(
+    tmp_path: Path, recorded_commands: list[tuple[str, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "k.raw"
+    raw.write_bytes(b"\0" * 70000)
+    key = tmp_path / "id_ed25519"
+    spec = MachineSpec(artifact=raw, accel=Accel.TCG, ssh_port=2202, ssh_key=key)
+    m = Machine(spec, workdir=tmp_path / "w")
+    m.prepare()
+    seen_env: list[object] = []
+
+    def fake(argv: tuple[str, ...], **kw: object) -> tuple[int, bytes, bytes]:
+        recorded_commands.append(tuple(argv))
+        seen_env.append(kw["env"])
+        return 0, b"", b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    m.ssh("true")
+    argv = recorded_commands[-1]
+    assert argv[0] == "ssh" and "sshpass" not in argv
+    assert argv[argv.index("-i") + 1] == str(key)
+    # Only the key is offered: a login that works proves the key was authorized.
+    assert "PasswordAuthentication=no" in argv and "PreferredAuthentications=publickey" in argv
+    assert argv[-2:] == ("kairos@127.0.0.1", "true")
+    assert not isinstance(seen_env[-1], dict) or "SSHPASS" not in seen_env[-1]
+
+
+def test_reboot_waits_for_a_new_login_prompt_and_a_new_boot_id(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _append(machine, b"kairos login: ")  # the current boot's prompt must not count
+    boot_ids = iter([b"old\n", b"new\n"])
+    scripts: list[str] = []
+
+    def fake(argv: tuple[str, ...], **kw: object) -> tuple[int, bytes, bytes]:
+        command = argv[-1]
+        scripts.append(command)
+        if "boot_id" in command:
+            return 0, next(boot_ids), b""
+        if "reboot" in command:
+            _append(
+                machine, b"\r\nreboot: Restarting system\r\nLinux version 6.1\r\nkairos login: "
+            )
+            return 255, b"", b"Connection closed"
+        return 0, b"", b""
+
+    monkeypatch.setattr("kairos.run._spawn", fake)
+    machine.reboot(timeout=20)
+    assert any("sudo -S -p '' systemctl --no-block reboot" in s for s in scripts)
+
+    # An SSH answer from the old boot is not taken for the new one.
+    boot_ids = iter([b"same\n", b"same\n"])
+    with pytest.raises(VMError, match="old boot id"):
+        machine.reboot(timeout=20)

@@ -146,9 +146,30 @@ def test_argv_uefi_iso_under_tcg() -> None:
         *("-machine", "q35"),
         *("-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd"),
         *("-drive", "if=pflash,format=raw,unit=1,file=/w/VARS.fd"),
-        *("-cdrom", "/a/kairos.iso", "-boot", "once=d"),
+        *("-drive", "file=/a/kairos.iso,format=raw,if=none,id=artifact,media=cdrom,readonly=on"),
+        *("-device", "ide-cd,drive=artifact,bus=ide.2,bootindex=1"),
         *TAIL,
     ]
+    assert "-boot" not in qemu_argv(_plan())  # QEMU: -boot and bootindex do not mix
+
+
+def test_argv_iso_with_target_disk_boots_the_disk_first_under_both_firmwares() -> None:
+    # A blank target has no boot loader, so the firmware falls through to the CD; after an
+    # install the reboot comes up from the disk although the ISO is still attached.
+    for firmware, bus in ((Firmware.UEFI, "ide.2"), (Firmware.BIOS, "ide.1,unit=0")):
+        plan = _plan(firmware=firmware, target_disk=Path("/w/disk.qcow2"))
+        argv = qemu_argv(plan)
+        i = argv.index("file=/a/kairos.iso,format=raw,if=none,id=artifact,media=cdrom,readonly=on")
+        assert argv[i + 1 : i + 7] == [
+            "-device",
+            f"ide-cd,drive=artifact,bus={bus},bootindex=2",
+            "-drive",
+            "file=/w/disk.qcow2,format=qcow2,if=none,id=target",
+            "-device",
+            "virtio-blk-pci,drive=target,bootindex=1",
+        ]
+        bootindexes = sorted(a.rsplit("bootindex=", 1)[1] for a in argv if "bootindex=" in a)
+        assert bootindexes == ["1", "2"]
 
 
 def test_argv_bios_raw_snapshot_under_kvm_with_no_reboot() -> None:
@@ -168,7 +189,8 @@ def test_argv_bios_raw_snapshot_under_kvm_with_no_reboot() -> None:
         *HEAD,
         *("-accel", "kvm", "-cpu", "host", "-m", "4096", "-smp", "4"),
         *("-machine", "pc"),
-        *("-drive", "file=/a/kairos.raw,format=raw,if=virtio,snapshot=on"),
+        *("-drive", "file=/a/kairos.raw,format=raw,if=none,id=artifact,snapshot=on"),
+        *("-device", "virtio-blk-pci,drive=artifact,bootindex=1"),
         *TAIL,
         "-no-reboot",
     ]
@@ -183,14 +205,20 @@ def test_argv_persistent_qcow2_with_target_disk_and_datasource() -> None:
         datasource=Path("/w/cidata.iso"),
     )
     argv = qemu_argv(plan)
-    i = argv.index("file=/a/k.qcow2,format=qcow2,if=virtio")
-    assert argv[i + 1 : i + 5] == [
+    i = argv.index("file=/a/k.qcow2,format=qcow2,if=none,id=artifact")
+    assert argv[i + 1 : i + 11] == [
+        "-device",
+        "virtio-blk-pci,drive=artifact,bootindex=2",
         "-drive",
-        "file=/w/disk.raw,format=raw,if=virtio",
+        "file=/w/disk.raw,format=raw,if=none,id=target",
+        "-device",
+        "virtio-blk-pci,drive=target,bootindex=1",
         "-drive",
-        "file=/w/cidata.iso,format=raw,if=ide,index=3,media=cdrom,readonly=on",
+        "file=/w/cidata.iso,format=raw,if=none,id=datasource,media=cdrom,readonly=on",
+        "-device",
+        "ide-cd,drive=datasource,bus=ide.3,bootindex=3",
     ]
-    assert "-cdrom" not in argv
+    assert "-cdrom" not in argv and "-boot" not in argv
     assert not any("snapshot" in a for a in argv)
 
 

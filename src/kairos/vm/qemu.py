@@ -161,6 +161,8 @@ class MachineSpec:
     accel: Accel | None = None
     ssh_user: str = "kairos"
     ssh_password: str = "kairos"
+    # A private key: SSH logs in with it alone (no password tried); sudo still uses the password.
+    ssh_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,13 @@ class QemuPlan:
     no_reboot: bool = False
 
 
+def _cd_slot(plan: QemuPlan, n: int) -> str:
+    """Where CD n goes: the secondary IDE channel on `pc`, AHCI ports 2 and 3 on q35."""
+    if plan.firmware is Firmware.UEFI:
+        return f"bus=ide.{2 + n}"
+    return f"bus=ide.1,unit={n}"
+
+
 def qemu_argv(plan: QemuPlan) -> list[str]:
     """The QEMU command line for a plan (pure: no files are touched)."""
     argv = ["qemu-system-x86_64", "-name", "kairos", "-nodefaults", "-display", "none"]
@@ -207,18 +216,41 @@ def qemu_argv(plan: QemuPlan) -> list[str]:
     else:
         argv += ["-machine", "pc"]
     snapshot = ",snapshot=on" if plan.snapshot else ""
+    # Boot order by bootindex, which SeaBIOS and OVMF both honour (OVMF ignores `-boot once=d`
+    # after a reset and keeps booting the DVD): the target disk first, then the artifact. A
+    # blank target has no boot loader (no MBR signature, no EFI system partition), so the
+    # firmware falls through to the CD; once an install wrote GRUB there, a reboot comes up
+    # from the disk with the ISO still attached, as on real hardware.
+    disk_first = plan.target_disk is not None
     if plan.kind is ArtifactKind.ISO:
-        # Boot the CD once; a reboot after an install then comes up from the target disk.
-        argv += ["-cdrom", str(plan.artifact), "-boot", "once=d"]
-    else:
-        argv += ["-drive", f"file={plan.artifact},format={plan.kind},if=virtio{snapshot}"]
-    if plan.target_disk is not None:
-        argv += ["-drive", f"file={plan.target_disk},format={plan.target_format},if=virtio"]
-    if plan.datasource is not None:
-        # The second IDE/AHCI CD slot; -cdrom takes index 2.
         argv += [
             "-drive",
-            f"file={plan.datasource},format=raw,if=ide,index=3,media=cdrom,readonly=on",
+            f"file={plan.artifact},format=raw,if=none,id=artifact,media=cdrom,readonly=on",
+            "-device",
+            f"ide-cd,drive=artifact,{_cd_slot(plan, 0)},bootindex={2 if disk_first else 1}",
+        ]
+    else:
+        argv += [
+            "-drive",
+            f"file={plan.artifact},format={plan.kind},if=none,id=artifact{snapshot}",
+            "-device",
+            f"virtio-blk-pci,drive=artifact,bootindex={2 if disk_first else 1}",
+        ]
+    if plan.target_disk is not None:
+        argv += [
+            "-drive",
+            f"file={plan.target_disk},format={plan.target_format},if=none,id=target",
+            "-device",
+            "virtio-blk-pci,drive=target,bootindex=1",
+        ]
+    if plan.datasource is not None:
+        # Last in the boot order, never booted (no boot image), but listed: OVMF connects only
+        # the devices the boot order names, and GRUB or the OS must find it by its label.
+        argv += [
+            "-drive",
+            f"file={plan.datasource},format=raw,if=none,id=datasource,media=cdrom,readonly=on",
+            "-device",
+            f"ide-cd,drive=datasource,{_cd_slot(plan, 1)},bootindex=3",
         ]
     argv += [
         "-nic",
@@ -543,24 +575,25 @@ class Machine:
     # -- SSH and power -----------------------------------------------------------------------
 
     def _ssh_argv(self, command: str, connect_timeout: int) -> list[str]:
+        if self.spec.ssh_key is not None:
+            prefix = ["ssh"]
+            auth = [
+                *("-i", str(self.spec.ssh_key), "-o", "IdentitiesOnly=yes"),
+                *("-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no"),
+                *("-o", "PreferredAuthentications=publickey"),
+            ]
+        else:
+            prefix = ["sshpass", "-e", "ssh"]
+            auth = [
+                *("-o", "PubkeyAuthentication=no"),
+                *("-o", "PreferredAuthentications=password,keyboard-interactive"),
+            ]
         return [
-            "sshpass",
-            "-e",
-            "ssh",
-            "-p",
-            str(self._plan().ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            f"ConnectTimeout={connect_timeout}",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "PreferredAuthentications=password,keyboard-interactive",
+            *prefix,
+            *("-p", str(self._plan().ssh_port)),
+            *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+            *("-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={connect_timeout}"),
+            *auth,
             f"{self.spec.ssh_user}@127.0.0.1",
             command,
         ]
@@ -568,14 +601,14 @@ class Machine:
     def ssh(
         self, command: str, *, timeout: float = 120, check: bool = False, input: str | None = None
     ) -> Result:
-        """Run a shell command in the guest over SSH (password login)."""
-        require_tools(["sshpass", "ssh"], _TOOL_PACKAGES)
+        """Run a shell command in the guest over SSH (key login with `ssh_key`, else password)."""
+        require_tools(["ssh"] if self.spec.ssh_key else ["sshpass", "ssh"], _TOOL_PACKAGES)
         return run(
             self._ssh_argv(command, connect_timeout=min(20, int(timeout))),
             check=check,
             timeout=timeout,
             input=input,
-            env={"SSHPASS": self.spec.ssh_password},
+            env=None if self.spec.ssh_key else {"SSHPASS": self.spec.ssh_password},
         )
 
     def wait_for_ssh(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
@@ -606,6 +639,36 @@ class Machine:
                     hint=self._where_to_look(),
                 )
             time.sleep(2)
+
+    def boot_id(self) -> str:
+        """The guest kernel's boot id: it changes with every boot."""
+        result = self.ssh("cat /proc/sys/kernel/random/boot_id", timeout=60)
+        if result.returncode != 0:
+            raise VMError(f"cannot read the guest's boot id: {result.stderr.strip()}.")
+        return result.stdout.strip()
+
+    def reboot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+        """Reboot the guest over SSH and wait until the new boot answers over SSH.
+
+        The old boot's sshd can still answer for a moment after the request, so the wait
+        goes by the console's next login prompt and then checks that the boot id changed.
+        """
+        before = self.boot_id()
+        # Only what the console shows from now on counts: the current boot's prompt is old.
+        self._cursor = len(self.console())
+        script = (
+            "if [ $(id -u) = 0 ]; then systemctl --no-block reboot; "
+            "else sudo -S -p '' systemctl --no-block reboot; fi"
+        )
+        result = self.ssh(script, timeout=60, input=self.spec.ssh_password + "\n")
+        # 255: SSH lost the connection because the guest went down already, which is fine.
+        if result.returncode not in (0, 255):
+            raise VMError(f"the guest refused to reboot: {result.stderr.strip()}.")
+        deadline = time.monotonic() + timeout
+        self.wait_for(LOGIN_PROMPT, timeout)
+        self.wait_for_ssh(max(30.0, deadline - time.monotonic()))
+        if self.boot_id() == before:
+            raise VMError("the guest answered over SSH after a reboot with its old boot id.")
 
     def qmp(self, command: str) -> dict[str, object]:
         return qmp_command(self._plan().qmp_socket, command)

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "kairos.agent.cli",
     "kairos.bootloader.cli",
     "kairos.agent.install_cli",
+    "kairos.agent.upgrade_cli",
     "kairos.agent.reset_cli",
     "kairos.immucore.cli",
 )

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from kairos.bootloader import assessment
+
 STATE_LABEL = "COS_STATE"
 RECOVERY_LABEL = "COS_RECOVERY"
 OEM_LABEL = "COS_OEM"
@@ -183,8 +185,10 @@ def render_menu(settings: MenuSettings = DEFAULT_MENU) -> str:
         f'    set display_name="{s.display_name}"',
         "fi",
         "",
-        "# Hooks (boot assessment) run after the default is chosen so they can override it;",
-        "# boot_once=true tells them the user picked this boot explicitly.",
+        *assessment.render_grub(),
+        "",
+        "# User hooks run after the default is chosen (and after boot assessment) so they can",
+        "# override it; boot_once=true tells them the user picked this boot explicitly.",
         *_source_if_found(CUSTOM_FILE, "custom_blk"),
         "",
     ]

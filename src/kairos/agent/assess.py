@@ -4,7 +4,7 @@
 on boots whose command line carries `kairos.assessment=` (GRUB adds it while a system is on
 trial, see kairos.bootloader.assessment). The user's checks are the `boot-assessment` stage
 of the cloud-config (any yip steps; a failing step fails the check), bounded by
-`boot_assessment.timeout` seconds. Pass: the trial ends in favour of this system. Fail: no
+`boot-assessment.timeout` seconds. Pass: the trial ends in favour of this system. Fail: no
 more tries for it, and the machine reboots into the next system in line.
 
 `--notice` (kairos-upgrade-notice.service, early in boot) reports a fallback: journal,
@@ -109,8 +109,21 @@ def _writable(ctx: Context, stack: ExitStack) -> Path:
     return state_dir
 
 
+def finish_rotation(state_dir: Path) -> None:
+    """A power cut between the slot swap and the rename of the old image leaves it as
+    transition.img with no passive.img: finish that rename now that the new system is good."""
+    import os
+
+    cos = state_dir / "cOS"
+    transition, passive = cos / "transition.img", cos / "passive.img"
+    if transition.is_file() and not passive.exists():
+        os.rename(transition, passive)
+        print(f"boot-assessment: finished an interrupted upgrade: {transition.name} is now "
+              f"{passive.name}.", flush=True)  # fmt: skip
+
+
 def timeout_from(merged: dict[str, object]) -> int:
-    section = merged.get("boot_assessment")
+    section = merged.get("boot-assessment")
     value = section.get("timeout") if isinstance(section, dict) else None
     return value if isinstance(value, int) and value > 0 else DEFAULT_TIMEOUT
 
@@ -138,6 +151,7 @@ def assess(ctx: Context, merged: dict[str, object], *, notice_only: bool, reboot
         state_dir = _writable(ctx, stack)
         if not reason:
             result = ba.record_good(state_dir, version)
+            finish_rotation(state_dir)
             print(f"boot-assessment: {version or 'this system'} reached the health point; "
                   f"{result.result or 'trial ended'}.", flush=True)  # fmt: skip
             return 0

@@ -117,6 +117,8 @@ class Runtime:
     fallback_reason: str
     hostname: str
     kairos: KairosInfo = field(default_factory=KairosInfo)
+    # The last upgrade's trial (COS_STATE:/boot_assessment): state, versions, failure reason.
+    boot_assessment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -464,7 +466,17 @@ def collect(
         fallback_reason=reason,
         hostname=hostname,
         kairos=_kairos(ctx),
+        boot_assessment=_assessment(ctx),
     )
+
+
+def _assessment(ctx: Context) -> dict[str, Any]:
+    from kairos.bootloader import assessment
+
+    try:
+        return assessment.read(ctx.path("/run/initramfs/cos-state")).to_dict()
+    except KairosError:
+        return {}
 
 
 def render(runtime: Runtime, as_json: bool) -> str:

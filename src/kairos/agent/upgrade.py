@@ -120,7 +120,7 @@ def plan_upgrade(
     problems += source_problems
     if problems:
         raise _refused(problems)
-    source = _inspect_source(ctx, scheme, value, options.source, stack, progress, dry_run)
+    source = _inspect_source(ctx, options, scheme, value, stack, progress, dry_run)
     partition = open_partition(ctx, stack, target)
     image, rotate, _freed = up.slot_files(target, boot)
     available, space, warnings, in_place = up.space_problems(
@@ -157,13 +157,14 @@ def _refused(problems: Sequence[str]) -> ConfigError:
 
 def _inspect_source(
     ctx: Context,
+    options: up.UpgradeOptions,
     scheme: str,
     value: str,
-    spec: str,
     stack: ExitStack,
     progress: Progress,
     dry_run: bool,
 ) -> up.UpgradeSource:
+    spec = options.source
     if scheme == "dir":
         problems = up.check_tree(ctx, spec, value)
         if problems:
@@ -173,15 +174,28 @@ def _inspect_source(
         problems = up.check_image(ctx, spec, value)
         if problems:
             raise _refused(problems)
-        # Look inside (read-only) for the kernel, the initrd and the version.
-        where = ctx.path(f"{up.WORK_DIR}/upgrade-source")
-        root = stack.enter_context(
-            mount.mounted(ctx.path(value), where, fstype="squashfs", options=("loop", "ro"))
+        size = ctx.path(value).stat().st_size
+        # Room first (a too-big image is refused without being opened), then a look inside
+        # (read-only) for the kernel, the initrd and the version.
+        target = up.Target.RECOVERY if options.recovery else up.Target.ACTIVE
+        partition = open_partition(ctx, stack, target)
+        _avail, space, _warn, _in_place = up.space_problems(
+            target, partition, detect_boot(ctx), size
         )
+        if space:
+            raise _refused(space)
+        where = ctx.path(f"{up.WORK_DIR}/upgrade-source")
+        try:
+            root = stack.enter_context(
+                mount.mounted(ctx.path(value), where, fstype="squashfs", options=("loop", "ro"))
+            )
+        except KairosError as exc:
+            raise _refused(
+                [f"upgrade.source {spec}: cannot be opened as a squashfs ({exc.message})"]
+            ) from None
         problems = up._kernel_missing(root, f"upgrade.source {spec}")
         if problems:
             raise _refused(problems)
-        size = ctx.path(value).stat().st_size
         return up.UpgradeSource(up.SourceKind.IMAGE, spec, value, size, up.release_version(root))
     return _unpack_oci(ctx, scheme, value, spec, stack, progress, dry_run)
 

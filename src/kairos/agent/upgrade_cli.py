@@ -18,7 +18,7 @@ UPGRADE_EPILOG = """examples:
   kairos-agent upgrade --recovery --source ocifile:/usr/local/kairos-v2.tar
 
 The new system is written into the inactive slot of COS_STATE (two images, never a third),
-then becomes active in one atomic step and boots next on trial: boot_assessment.tries boots
+then becomes active in one atomic step and boots next on trial: boot-assessment.tries boots
 (default 3) to reach the health point (multi-user.target plus the cloud-config's
 `boot-assessment` stage), else the node falls back to the previous system, then recovery.
 Without --source: upgrade.system.uri (upgrade.recovery-system.uri with --recovery).

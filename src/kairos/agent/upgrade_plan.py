@@ -180,7 +180,7 @@ def options_from(merged: Mapping[str, Any], cli: Mapping[str, Any]) -> UpgradeOp
         power = Power.REBOOT
     if cli.get("poweroff") or up.get("poweroff") is True:
         power = Power.POWEROFF
-    ba = merged.get("boot_assessment") if isinstance(merged.get("boot_assessment"), Mapping) else {}
+    ba = merged.get("boot-assessment") if isinstance(merged.get("boot-assessment"), Mapping) else {}
     assert isinstance(ba, Mapping)
     tries = ba.get("tries", DEFAULT_TRIES)
     timeout = ba.get("timeout", 300)

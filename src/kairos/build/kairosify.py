@@ -29,6 +29,8 @@ COS_UNITS = (
     "cos-setup-network.service",
     "cos-setup-reconcile.service",
     "cos-setup-reconcile.timer",
+    "kairos-boot-assessment.service",
+    "kairos-upgrade-notice.service",
 )
 # unit -> the target whose .wants/ enables it
 ENABLE = {
@@ -36,6 +38,8 @@ ENABLE = {
     "cos-setup-boot.service": "multi-user.target",
     "cos-setup-network.service": "multi-user.target",
     "cos-setup-reconcile.timer": "timers.target",
+    "kairos-boot-assessment.service": "multi-user.target",
+    "kairos-upgrade-notice.service": "multi-user.target",
     "systemd-networkd.service": "multi-user.target",
     "systemd-resolved.service": "multi-user.target",
     "ssh.service": "multi-user.target",

@@ -534,7 +534,10 @@ def _root_properties() -> dict[str, Schema]:
         "bind-public-pcrs": strings(),
         "logs": passthrough("log collection"),
         "extensions": passthrough("system extensions"),
-        "boot-assessment": passthrough("boot assessment"),
+        "boot-assessment": passthrough(
+            "boot assessment after upgrades: tries (boots the new system gets, default 3),"
+            " timeout (seconds for the boot-assessment stage checks, default 300)"
+        ),
         "kcrypt": passthrough("partition encryption"),
         "phonehome": passthrough("fleet registration"),
         "k3s": passthrough("k3s server"),

@@ -76,10 +76,13 @@ class FakeTools:
         self.calls: list[tuple[str, ...]] = []
         self.lsblk = lsblk
         self.listing = listing
+        self.failing: set[str] = set()
 
     def __call__(self, argv: Any, **_: Any) -> tuple[int, bytes, bytes]:
         argv = tuple(str(a) for a in argv)
         self.calls.append(argv)
+        if argv[0] in self.failing:
+            return 32, b"", f"{argv[0]}: wrong fs type, bad superblock on {argv[-2]}.\n".encode()
         if argv[0] == "lsblk":
             return 0, self.lsblk.encode(), b""
         if argv[0] == "unsquashfs":
@@ -299,6 +302,27 @@ def test_dry_run_without_root_cannot_check_the_image(tmp_path: Path, tools: Fake
     assert problems == [
         "COS_RECOVERY: the recovery image cannot be checked without root (run as root)"
     ]
+    assert tools.named("mount") == []
+
+
+def test_unmountable_recovery_partition(tmp_path: Path, tools: FakeTools) -> None:
+    tools.failing.add("mount")
+    plan, problems = plan_for(node(tmp_path))
+    assert plan is None
+    assert problems == [
+        "COS_RECOVERY: /dev/vda4 cannot be mounted read-only: mount: wrong fs type, bad "
+        "superblock on /dev/vda4. (the partition may be damaged; reinstall from the live medium)"
+    ]
+
+
+def test_recovery_image_read_where_the_recovery_boot_mounted_it(
+    tmp_path: Path, tools: FakeTools
+) -> None:
+    (tmp_path / "cOS").mkdir()
+    (tmp_path / "cOS/recovery.img").write_bytes(squashfs_bytes())
+    part = rs.Part("COS_RECOVERY", "/dev/vda4", "/dev/vda", "ext4", GIB, (str(tmp_path),))
+    image, problems = rs.inspect_recovery(Context(root=Path("/")), part, False, "/run/cos")
+    assert problems == [] and image is not None and image.compression == "gzip"
     assert tools.named("mount") == []
 
 

@@ -28,6 +28,7 @@ from kairos.disk import mount
 from kairos.disk.devices import BlockDevice, DeviceType
 from kairos.disk.format import mkfs_argv
 from kairos.disk.partition import Filesystem
+from kairos.errors import CommandError
 from kairos.log import Progress
 from kairos.run import run, which
 
@@ -360,6 +361,29 @@ def missing_tools(esp_needs_mtools: bool) -> list[str]:
     ]
 
 
+def inspect_recovery(
+    ctx: Context, part: Part, can_mount: bool, work_dir: str
+) -> tuple[RecoveryImage | None, list[str]]:
+    """Check the recovery image where it is: on the mount a recovery boot already has, else
+    on a read-only mount of our own (released before the plan is returned)."""
+    image = RECOVERY.file.lstrip("/")
+    if ctx.is_host_root and part.mountpoints:
+        return check_recovery_image(Path(part.mountpoints[0]) / image)
+    if not can_mount:
+        return None, [
+            f"{RECOVERY_PART}: the recovery image cannot be checked without root (run as root)"
+        ]
+    try:
+        with mount.mounted(part.device, ctx.path(f"{work_dir}/recovery"), options=("ro",)) as root:
+            return check_recovery_image(root / image)
+    except CommandError as exc:
+        detail = exc.stderr.strip().splitlines()[-1:] or [f"exit code {exc.returncode}"]
+        return None, [
+            f"{RECOVERY_PART}: {part.device} cannot be mounted read-only: {detail[0]} (the "
+            "partition may be damaged; reinstall from the live medium)"
+        ]
+
+
 def make_plan(
     ctx: Context,
     options: ResetOptions,
@@ -383,15 +407,8 @@ def make_plan(
     problems.extend(missing_tools(not install.vfat_mountable(ctx)))
     recovery: RecoveryImage | None = None
     if RECOVERY_PART in parts:
-        if not can_mount:
-            problems.append(
-                f"{RECOVERY_PART}: the recovery image cannot be checked without root (run as root)"
-            )
-        else:
-            target = ctx.path(f"{work_dir}/recovery")
-            with mount.mounted(parts[RECOVERY_PART].device, target, options=("ro",)) as root:
-                recovery, bad = check_recovery_image(root / RECOVERY.file.lstrip("/"))
-            problems.extend(bad)
+        recovery, bad = inspect_recovery(ctx, parts[RECOVERY_PART], can_mount, work_dir)
+        problems.extend(bad)
     if recovery is not None and STATE in parts:
         problems.extend(check_state_size(parts[STATE], recovery.size))
     warnings = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos.bootloader import grubenv
+from kairos.bootloader import assessment, grubenv
 from kairos.bootloader.embed import read_gpt
 from kairos.bootloader.install import Firmware, install_grub, write_grub_options
 from kairos.run import run, which
@@ -72,7 +72,11 @@ def _place(disk: Path, fs_image: Path, start_sector: int) -> None:
 
 
 def build_disk(
-    work: Path, kernel: Path, env: dict[str, str], missing: frozenset[str] = frozenset()
+    work: Path,
+    kernel: Path,
+    env: dict[str, str],
+    missing: frozenset[str] = frozenset(),
+    state_files: Callable[[Path], None] | None = None,
 ) -> SmokeDisk:
     disk = work / "disk.raw"
     with open(disk, "wb") as fh:
@@ -94,6 +98,8 @@ def build_disk(
 
     install_grub(disk, stage["esp"], stage["state"], Path("/"), firmware=Firmware.BOTH)
     write_grub_options(stage["oem"], env)
+    if state_files is not None:
+        state_files(stage["state"])
 
     for number, (label, fs) in PARTS.items():
         part = table[number]
@@ -111,10 +117,12 @@ def build_disk(
     return SmokeDisk(disk, table[3].first_lba * 512)
 
 
-def oem_env(disk: SmokeDisk, work: Path) -> dict[str, str]:
-    """/oem/grubenv as GRUB left it on the disk, read with GRUB's own ext2 driver."""
+def oem_env(disk: SmokeDisk, work: Path, path: str = "(loop0,gpt3)/grubenv") -> dict[str, str]:
+    """/oem/grubenv (or another env file) as GRUB left it on the disk, read with GRUB's own
+    ext2 driver."""
     out = work / "grubenv.after"
-    run(["grub-fstest", str(disk.path), "cp", "(loop0,gpt3)/grubenv", str(out)])
+    out.unlink(missing_ok=True)
+    run(["grub-fstest", str(disk.path), "cp", path, str(out)])
     return grubenv.read(out)
 
 
@@ -127,8 +135,12 @@ def smoke_disk(tmp_path: Path) -> Iterator[Callable[..., SmokeDisk]]:
     if kernel is None:
         pytest.skip("no kernel in /var/cache/kairos-py/rootfs-*/boot or /boot")
 
-    def make(env: dict[str, str], missing: frozenset[str] = frozenset()) -> SmokeDisk:
-        return build_disk(tmp_path, kernel, env, missing)
+    def make(
+        env: dict[str, str],
+        missing: frozenset[str] = frozenset(),
+        state_files: Callable[[Path], None] | None = None,
+    ) -> SmokeDisk:
+        return build_disk(tmp_path, kernel, env, missing, state_files)
 
     yield make
 
@@ -203,3 +215,34 @@ def test_missing_active_image_falls_back_to_passive(
     vm.wait_for(r"Falling back to", timeout=300)
     words = _boot_cmdline(vm, "bios fallback chain")
     _expect_entry(words, "COS_PASSIVE", "/cOS/passive.img", None)
+
+
+def test_boot_assessment_counts_down_then_falls_back_to_passive_then_recovery(
+    smoke_disk: Callable[..., SmokeDisk], start_vm: Callable[..., Machine], tmp_path: Path
+) -> None:
+    """The trial an upgrade arms, run by GRUB itself: one try for the new active image (the
+    kernel here has no usable initrd, so no boot reaches the health point), then one for
+    passive, then recovery; each step saved by GRUB's save_env on COS_STATE."""
+    disk = smoke_disk(
+        {"extra_cmdline": "kairos.grubtest=1"},
+        state_files=lambda state: assessment.arm(state, "v9", "v8", tries=1),
+    )
+    env_path = "(loop0,gpt5)" + assessment.ENV_FILE
+    expected = [
+        ("COS_ACTIVE", f"{assessment.TRIAL_WORD}=trying", "trying"),
+        ("COS_PASSIVE", f"{assessment.TRIAL_WORD}=fallback", "failed"),
+        ("COS_SYSTEM", assessment.FAILURE_WORD, "recovery"),
+        ("COS_SYSTEM", assessment.FAILURE_WORD, "recovery"),  # stays there
+    ]
+    for n, (root, word, state_after) in enumerate(expected):
+        vm = start_vm(disk.path, firmware=VMFirmware.BIOS, memory_mib=512, cpus=1, persist=True)
+        words = _boot_cmdline(vm, f"boot assessment boot {n + 1}")
+        vm.close()
+        assert f"root=LABEL={root}" in words, words
+        assert word in words, words
+        if root == "COS_PASSIVE":
+            assert assessment.FAILURE_WORD in words
+        env = oem_env(disk, tmp_path, env_path)
+        assert env["ba_state"] == state_after, env
+        assert env["ba_tries"] == "0"
+        assert env["ba_version"] == "v9"  # GRUB rewrote only ba_state and ba_tries

@@ -150,8 +150,11 @@ def assess(ctx: Context, merged: dict[str, object], *, notice_only: bool, reboot
     with ExitStack() as stack:
         state_dir = _writable(ctx, stack)
         if not reason:
+            before = ba.read(state_dir)
             result = ba.record_good(state_dir, version)
-            finish_rotation(state_dir)
+            if before.phase is ba.Phase.TRYING and before.version == version:
+                # The switch happened (this is the new system): finish what it left.
+                finish_rotation(state_dir)
             print(f"boot-assessment: {version or 'this system'} reached the health point; "
                   f"{result.result or 'trial ended'}.", flush=True)  # fmt: skip
             return 0

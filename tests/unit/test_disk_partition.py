@@ -1,4 +1,4 @@
-"""GPT layouts and the exact sgdisk / mkfs / losetup / mount commands."""
+"""GPT layouts and the exact sfdisk / mkfs / losetup / mount commands."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from kairos.disk.partition import (
     Role,
     mib_for,
     partition_path,
-    sgdisk_argv,
+    sfdisk_argv,
+    sfdisk_script,
     wipe_argv,
 )
+from kairos.errors import KairosError
 
 LAYOUT = Layout(
     (
@@ -32,16 +34,23 @@ LAYOUT = Layout(
 )
 
 
-def test_sgdisk_argv_exact() -> None:
+def test_sfdisk_argv_and_script_exact() -> None:
     assert wipe_argv("/dev/vda") == ["wipefs", "--all", "--force", "/dev/vda"]
-    assert sgdisk_argv("/dev/vda", LAYOUT) == [
-        "sgdisk", "--clear",
-        "--new=1:0:+1M", "--typecode=1:EF02", "--change-name=1:bios",
-        "--new=2:0:+64M", "--typecode=2:EF00", "--change-name=2:efi",
-        "--new=3:0:+64M", "--typecode=3:8300", "--change-name=3:oem",
-        "--new=4:0:0", "--typecode=4:8300", "--change-name=4:persistent",
-        "/dev/vda",
-    ]  # fmt: skip
+    assert sfdisk_argv("/dev/vda") == ["sfdisk", "--quiet", "--wipe", "always", "/dev/vda"]
+    assert sfdisk_script(LAYOUT).splitlines() == [
+        "label: gpt",
+        'size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name="bios"',
+        'size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="efi"',
+        'size=64MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="oem"',
+        'type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="persistent"',
+    ]
+
+
+@pytest.mark.parametrize("name", ['my"part', "a\\b", "two\nlines"])
+def test_sfdisk_script_refuses_names_it_cannot_quote(name: str) -> None:
+    bad = Layout((*LAYOUT.partitions[:3], Partition(Role.EXTRA, name, None, 8, Filesystem.NONE)))
+    with pytest.raises(KairosError, match="cannot hold quotes"):
+        sfdisk_script(bad)
 
 
 def test_place_fills_the_disk() -> None:
@@ -116,8 +125,6 @@ def test_probe_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dict(labels) == {"COS_OEM": "/dev/x1"}
     assert calls[0] == ("blkid", "-p", "-o", "export", "/dev/x1")
     assert fmt.find_by_label(labels, "COS_OEM") == Path("/dev/x1")
-    from kairos.errors import KairosError
-
     with pytest.raises(KairosError, match="COS_STATE"):
         fmt.find_by_label(labels, "COS_STATE")
 

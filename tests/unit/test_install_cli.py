@@ -29,12 +29,14 @@ class FakeHost:
 
     def __init__(self, lsblk_json: str = DISKS_JSON, parts: int = 6) -> None:
         self.calls: list[tuple[str, ...]] = []
+        self.inputs: list[bytes | None] = []
         self.lsblk_json = lsblk_json
         self.parts = parts
 
-    def __call__(self, argv: Any, **_: Any) -> tuple[int, bytes, bytes]:
+    def __call__(self, argv: Any, **kw: Any) -> tuple[int, bytes, bytes]:
         argv = tuple(argv)
         self.calls.append(argv)
+        self.inputs.append(kw.get("input"))
         if argv[0] == "lsblk" and argv[-1].startswith("/dev/"):
             children = [dev(f"vdb{i}", GIB, "part") for i in range(1, self.parts + 1)]
             return 0, lsblk(dev("vdb", 40 * GIB, children=children)).encode(), b""
@@ -66,16 +68,19 @@ def test_partition_disk_exact_argv(tmp_path: Path, host: FakeHost) -> None:
     m = inst.partition_disk(plan)
     state = plan.layout.partitions[4].size_mib
     recovery = plan.layout.partitions[3].size_mib
+    linux = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+    assert host.inputs[1].decode().splitlines() == [
+        "label: gpt",
+        'size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name="bios"',
+        'size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="efi"',
+        f'size=64MiB, type={linux}, name="oem"',
+        f'size={recovery}MiB, type={linux}, name="recovery"',
+        f'size={state}MiB, type={linux}, name="state"',
+        f'type={linux}, name="persistent"',
+    ]
     assert host.calls[:2] == [
         ("wipefs", "--all", "--force", "/dev/vdb"),
-        ("sgdisk", "--clear",
-         "--new=1:0:+1M", "--typecode=1:EF02", "--change-name=1:bios",
-         "--new=2:0:+64M", "--typecode=2:EF00", "--change-name=2:efi",
-         "--new=3:0:+64M", "--typecode=3:8300", "--change-name=3:oem",
-         f"--new=4:0:+{recovery}M", "--typecode=4:8300", "--change-name=4:recovery",
-         f"--new=5:0:+{state}M", "--typecode=5:8300", "--change-name=5:state",
-         "--new=6:0:0", "--typecode=6:8300", "--change-name=6:persistent",
-         "/dev/vdb"),
+        ("sfdisk", "--quiet", "--wipe", "always", "/dev/vdb"),
     ]  # fmt: skip
     mkfs = [c for c in host.calls if c[0].startswith("mkfs")]
     assert mkfs == [

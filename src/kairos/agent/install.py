@@ -32,7 +32,7 @@ from kairos.agent.install_plan import (
 from kairos.context import Context
 from kairos.disk import format as fmt
 from kairos.disk import mount
-from kairos.disk.partition import Role, sgdisk_argv, wipe_argv
+from kairos.disk.partition import Role, sfdisk_argv, sfdisk_script, wipe_argv
 from kairos.errors import KairosError
 from kairos.log import Progress
 from kairos.run import require_tools, run, which
@@ -52,7 +52,7 @@ HOOKS = {
     "kairos-install.after": "/usr/bin/kairos-agent.install.after.hook",
 }
 TOOLS = (
-    "sgdisk",
+    "sfdisk",
     "wipefs",
     "mkfs.ext4",
     "mkfs.vfat",
@@ -63,7 +63,7 @@ TOOLS = (
     "lsblk",
 )
 TOOL_PACKAGES = {
-    "sgdisk": "gdisk",
+    "sfdisk": "fdisk",
     "wipefs": "util-linux",
     "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
@@ -145,8 +145,9 @@ def image_path(m: Mounted, partition: str, file: str) -> Path:
 def partition_disk(plan: InstallPlan) -> Mounted:
     """Write the GPT, make every filesystem, and find the partitions again by label."""
     disk = plan.device
+    table = sfdisk_script(plan.layout)  # before the first write: it can refuse a name
     run(wipe_argv(disk))
-    run(sgdisk_argv(disk, plan.layout))
+    run(sfdisk_argv(disk), input=table)
     reread_partitions(disk)
     parts = list_partitions(disk)
     if len(parts) < len(plan.layout.partitions):
@@ -155,7 +156,7 @@ def partition_disk(plan: InstallPlan) -> Mounted:
             f"expected {len(plan.layout.partitions)}.",
             hint="another program may hold the disk open; check lsblk and retry",
         )
-    # Right after partitioning the numbering is ours (sgdisk numbered them in layout order);
+    # Right after partitioning the numbering is ours (sfdisk numbered them in layout order);
     # from here on partitions are found by label only.
     for part, device in zip(plan.layout.partitions, parts, strict=False):
         fmt.make_filesystem(device, part.fs, part.label)

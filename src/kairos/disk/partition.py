@@ -1,7 +1,7 @@
-"""GPT layouts: which partitions, in which order, how big, and the sgdisk calls that write them.
+"""GPT layouts: which partitions, in which order, how big, and the sfdisk call that writes them.
 
 A `Layout` is pure data (unit-testable, printable by `--dry-run`); `place()` turns it into
-offsets on a disk of a given size, and `sgdisk_argv()` into the exact commands.
+offsets on a disk of a given size, and `sfdisk_script()` into the exact table.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from kairos.errors import KairosError
+
 MIB = 1 << 20
-# sgdisk aligns the first partition at 1 MiB and keeps 33 sectors for the backup GPT at the
+# sfdisk aligns the first partition at 1 MiB and keeps 33 sectors for the backup GPT at the
 # end; one MiB each side covers both for any sector size up to 4 KiB.
 GPT_OVERHEAD_MIB = 2
 # The partition that takes "the rest of the disk" must get at least this much.
@@ -42,9 +44,15 @@ class Filesystem(StrEnum):
     BTRFS = "btrfs"
 
 
-# GPT type codes (sgdisk short codes): BIOS boot, EFI system, Linux filesystem.
+# GPT type codes (sgdisk short codes, as `--dry-run` and gdisk show them): BIOS boot, EFI
+# system, Linux filesystem; and the GUIDs they stand for, which sfdisk takes.
 TYPE_CODES = {Role.BIOS: "EF02", Role.EFI: "EF00"}
 LINUX_TYPE = "8300"
+TYPE_GUIDS = {
+    "EF02": "21686148-6449-6E6F-744E-656564454649",
+    "EF00": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    LINUX_TYPE: "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ class Layout:
         return (self.fixed_mib + rest + GPT_OVERHEAD_MIB) * MIB
 
     def place(self, disk_bytes: int) -> tuple[Placed, ...]:
-        """Numbers and offsets on a disk of `disk_bytes` (sgdisk's 1 MiB alignment)."""
+        """Numbers and offsets on a disk of `disk_bytes` (sfdisk's 1 MiB alignment)."""
         usable = disk_bytes // MIB - GPT_OVERHEAD_MIB
         rest_size = max(usable - self.fixed_mib, 0)
         out: list[Placed] = []
@@ -142,25 +150,36 @@ def wipe_argv(disk: str) -> list[str]:
     so no stale ISO or LVM label at the disk's start outlives the new table.
 
     wipefs rather than `sgdisk --zap-all`: sgdisk sleeps a second per call for the kernel to
-    re-read the table, and the next sgdisk call re-reads it anyway."""
+    re-read the table, and sfdisk writing the new table makes the kernel re-read it anyway."""
     return ["wipefs", "--all", "--force", disk]
 
 
-def sgdisk_argv(disk: str, layout: Layout) -> list[str]:
-    """One sgdisk call that writes a fresh GPT with every partition of the layout.
+def sfdisk_argv(disk: str) -> list[str]:
+    """sfdisk reading `sfdisk_script()` on stdin: a fresh GPT and every partition in one write.
 
-    `N:0:+SIZE` lets sgdisk pick the next aligned start; the rest-of-disk partition is last.
-    """
-    argv = ["sgdisk", "--clear"]
-    for number, part in enumerate(layout.partitions, start=1):
-        end = f"+{part.size_mib}M" if part.size_mib else "0"
-        argv += [
-            f"--new={number}:0:{end}",
-            f"--typecode={number}:{part.type_code}",
-            f"--change-name={number}:{part.name}",
-        ]
-    argv.append(disk)
-    return argv
+    sfdisk rather than sgdisk: sgdisk sleeps a second after each write for the kernel to
+    re-read the table (a third of a small install's fixed cost); sfdisk tells the kernel
+    itself (BLKRRPART) and returns. It also refuses a disk with a mounted partition."""
+    return ["sfdisk", "--quiet", "--wipe", "always", disk]
+
+
+def sfdisk_script(layout: Layout) -> str:
+    """The table for `sfdisk_argv`: sizes in MiB, GPT type GUIDs and names, in layout order.
+
+    A partition without a size takes the rest of the disk (the layout puts it last)."""
+    problems = [
+        f"partition {p.name!r}: a GPT name cannot hold quotes, backslashes or line breaks"
+        for p in layout.partitions
+        if any(c in p.name for c in '"\\\n\r')
+    ]
+    if problems:
+        raise KairosError("bad partition names: " + "; ".join(problems) + ".")
+    # No first-lba: sfdisk's default puts the first partition at 1 MiB for any sector size.
+    lines = ["label: gpt"]
+    for part in layout.partitions:
+        size = f"size={part.size_mib}MiB, " if part.size_mib else ""
+        lines.append(f'{size}type={TYPE_GUIDS[part.type_code]}, name="{part.name}"')
+    return "\n".join(lines) + "\n"
 
 
 def partition_path(disk: str, number: int) -> str:

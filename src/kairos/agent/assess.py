@@ -84,7 +84,7 @@ def write_notice(ctx: Context) -> str:
 
 def agent_argv() -> list[str]:
     exe = which("kairos-agent")
-    return [exe] if exe else [sys.executable, "-m", "kairos.cli"]
+    return [exe] if exe else [sys.executable, "-m", "kairos"]
 
 
 def run_checks(ctx: Context, timeout: int) -> str:

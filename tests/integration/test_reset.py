@@ -184,7 +184,7 @@ def test_refusals_leave_the_disk_unchanged(
     installed(node, device, tmp_path)
     capsys.readouterr()
 
-    # 1. Not booted from recovery (no sentinel; the test host's cmdline has no recovery words).
+    # 1. Not booted from recovery (no sentinel, no /proc/cmdline in the node root: unknown).
     before = sha256(image)
     assert reset(node, device) == 1
     err = capsys.readouterr().err

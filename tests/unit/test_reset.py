@@ -129,7 +129,7 @@ def no_probe(device: str) -> tuple[str, str]:
 
 
 def test_options_default_wipe_persistent_only() -> None:
-    assert rs.parse_options({}) == rs.ResetOptions(True, False, Power.NONE, False)
+    assert rs.parse_options({}) == rs.ResetOptions(True, False, Power.NONE, False, "")
 
 
 def test_options_from_config() -> None:
@@ -346,6 +346,16 @@ def test_plan_rendering(tmp_path: Path, tools: FakeTools) -> None:
         "before-reset", "persistent", "oem", "state", "active", "bootloader",
         "after-reset-chroot", "passive", "boot-assessment", "after-reset", "done",
     ]  # fmt: skip
+
+
+def test_reset_system_source_is_reported_not_used(tmp_path: Path, tools: FakeTools) -> None:
+    options = rs.parse_options({"reset": {"system": {"uri": "oci:quay.io/x/y:v2"}}})
+    assert options.system_source == "oci:quay.io/x/y:v2"
+    plan, problems = plan_for(node(tmp_path, image=squashfs_bytes()), options=options)
+    assert problems == [] and plan is not None
+    (warning,) = plan.warnings
+    assert warning.startswith("reset.system.uri oci:quay.io/x/y:v2: resetting from another")
+    assert plan.describe()[-1] == f"warning: {warning}"
 
 
 def test_wiped_partition_keeps_its_filesystem_type(tmp_path: Path, tools: FakeTools) -> None:

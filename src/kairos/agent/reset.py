@@ -72,6 +72,8 @@ class ResetOptions:
     reset_oem: bool = False
     power: Power = Power.NONE
     unattended: bool = False
+    # `reset.system.uri`: upstream can reset from another image; here it is reported, unused.
+    system_source: str = ""
 
 
 def _flag(value: Any) -> bool | None:
@@ -109,11 +111,16 @@ def parse_options(
         power = Power.POWEROFF
     else:
         power = Power.NONE
+    system = conf.get("system")
+    source = ""
+    if isinstance(system, Mapping):
+        source = str(system.get("uri") or system.get("source") or "")
     return ResetOptions(
         reset_persistent=pick(reset_persistent, "reset-persistent", True),
         reset_oem=pick(reset_oem, "reset-oem", False),
         power=power,
         unattended=unattended,
+        system_source=source,
     )
 
 
@@ -412,6 +419,11 @@ def make_plan(
     if recovery is not None and STATE in parts:
         problems.extend(check_state_size(parts[STATE], recovery.size))
     warnings = []
+    if options.system_source:
+        warnings.append(
+            f"reset.system.uri {options.system_source}: resetting from another image is not "
+            "supported; the recovery image is used (upgrade afterwards to change the system)"
+        )
     for label in (PERSISTENT, OEM):
         if label in parts and not parts[label].fstype:
             warnings.append(f"{label}: no filesystem found on it; it is made ext4")

@@ -115,6 +115,7 @@ def countdown(seconds: int, sleep: Callable[[float], None] | None = None) -> Non
 
 def reset_cmd(args: argparse.Namespace, ctx: Context) -> int:
     import json
+    import os
     import sys
 
     from kairos.agent import reset as rs
@@ -144,7 +145,9 @@ def reset_cmd(args: argparse.Namespace, ctx: Context) -> int:
         poweroff=args.poweroff,
         unattended=args.unattended,
     )
-    plan, found = rs.make_plan(ctx, options, list_devices(), disk=args.disk, can_mount=root)
+    # /dev/disk/by-id/... names the same disk lsblk lists under its /dev/X path.
+    disk = os.path.realpath(args.disk) if args.disk else None
+    plan, found = rs.make_plan(ctx, options, list_devices(), disk=disk, can_mount=root)
     problems.extend(found)
     if args.dry_run:
         print_plan(plan, problems, bool(args.json))
@@ -162,6 +165,9 @@ def reset_cmd(args: argparse.Namespace, ctx: Context) -> int:
         if not progress.json_lines:
             print("\n".join(plan.describe()), file=sys.stderr)
         countdown(COUNTDOWN_SECONDS)
+    else:
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     rs.reset(ctx, plan, stages, progress)
     if progress.json_lines:
         print(json.dumps({"event": "finished", "device": plan.disk}), flush=True)

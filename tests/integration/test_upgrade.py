@@ -223,3 +223,14 @@ def test_grub_env_block_stays_grub_sized(node: Path) -> None:
     data = (node / STATE / "boot_assessment").read_bytes()
     assert len(data) == grubenv.SIZE and a.tries == 9
     assert assessment.read(node / STATE).reason == "x" * assessment.REASON_MAX
+
+
+def test_upgrade_stages_run_in_order_of_the_upgrade(node: Path) -> None:
+    steps = "\n".join(
+        f"  {stage}:\n  - files:\n    - path: /oem/ran-{stage}\n      content: yes\n"
+        for stage in ("before-upgrade", "after-upgrade-chroot", "after-upgrade")
+    )
+    (node / "oem/50_hooks.yaml").write_text(f"#cloud-config\nstages:\n{steps}")
+    assert _upgrade(node, "--source", "file:/src/v2.squashfs") == 0
+    for stage in ("before-upgrade", "after-upgrade-chroot", "after-upgrade"):
+        assert (node / f"oem/ran-{stage}").read_text() == "yes", stage

@@ -196,7 +196,14 @@ def _inspect_source(
         problems = up._kernel_missing(root, f"upgrade.source {spec}")
         if problems:
             raise _refused(problems)
-        return up.UpgradeSource(up.SourceKind.IMAGE, spec, value, size, up.release_version(root))
+        return up.UpgradeSource(
+            up.SourceKind.IMAGE,
+            spec,
+            value,
+            size,
+            up.release_version(root),
+            root=f"{up.WORK_DIR}/upgrade-source",
+        )
     return _unpack_oci(ctx, scheme, value, spec, stack, progress, dry_run)
 
 
@@ -232,7 +239,13 @@ def _unpack_oci(
         raise _refused(problems)
     found = up.inspect_tree(ctx, spec, node_tree, up.SourceKind.OCI)
     return up.UpgradeSource(
-        up.SourceKind.OCI, spec, node_tree, found.size_bytes, found.version, unpack_from=value
+        up.SourceKind.OCI,
+        spec,
+        node_tree,
+        found.size_bytes,
+        found.version,
+        unpack_from=value,
+        root=node_tree,
     )
 
 
@@ -371,6 +384,24 @@ def run_stage(ctx: Context, stage: str) -> None:
         log.warning("stage %s: %s", stage, error)
 
 
+def mentions_stage(roots: Sequence[Path], stage: str) -> bool:
+    """Whether any stage file under these roots names `stage` (a cheap text scan, so that
+    an upgrade without such steps skips mounting the new image for nothing)."""
+    from kairos.stages import loader
+
+    for root in roots:
+        for rel in loader.stage_paths():
+            top = root / rel.lstrip("/")
+            files = [top] if top.is_file() else sorted(top.glob("*.y*ml")) if top.is_dir() else []
+            for f in files:
+                try:
+                    if stage in f.read_text(errors="replace"):
+                        return True
+                except OSError:
+                    continue
+    return False
+
+
 def run_chroot_stage(ctx: Context, image: Path, stack: ExitStack) -> None:
     """`after-upgrade-chroot` inside the new image (an overlay over it; only /oem and
     /usr/local keep what it writes, as with after-install-chroot)."""
@@ -434,7 +465,11 @@ def execute(ctx: Context, plan: up.UpgradePlan, stack: ExitStack, progress: Prog
     with progress.step("write"):
         transition = write_new_image(ctx, plan, part, progress)
     with progress.step("after-upgrade-chroot"), ExitStack() as inner:
-        run_chroot_stage(ctx, transition, inner)
+        roots = [ctx.path("/")]
+        if plan.source.root:
+            roots.append(ctx.path(plan.source.root))
+        if mentions_stage(roots, "after-upgrade-chroot"):
+            run_chroot_stage(ctx, transition, inner)
     with progress.step("switch"):
         if plan.target is up.Target.ACTIVE:
             state_dir = part
@@ -445,7 +480,6 @@ def execute(ctx: Context, plan: up.UpgradePlan, stack: ExitStack, progress: Prog
             fsync_dir(transition.parent)
         else:
             switch_slots(plan, part)
-        os.sync()
     with progress.step("after-upgrade"):
         run_stage(ctx, "after-upgrade")
         record(ctx, plan)

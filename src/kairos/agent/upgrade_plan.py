@@ -78,6 +78,7 @@ class UpgradeSource:
     size_bytes: int  # image bytes (file) or the estimate of the packed tree
     version: str
     unpack_from: str = ""  # the archive or layout an OCI source is unpacked from
+    root: str = ""  # node path of the new system's tree, readable during the upgrade
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -229,7 +230,7 @@ def parse_source(spec: str) -> tuple[str, str, list[str]]:
 def inspect_tree(ctx: Context, spec: str, node_path: str, kind: SourceKind) -> UpgradeSource:
     root = ctx.path(node_path)
     size = int(tree_size(root) * SQUASH_RATIO) + MARGIN_BYTES
-    return UpgradeSource(kind, spec, node_path, size, release_version(root))
+    return UpgradeSource(kind, spec, node_path, size, release_version(root), root=node_path)
 
 
 def check_tree(ctx: Context, spec: str, node_path: str) -> list[str]:

@@ -234,3 +234,17 @@ def test_upgrade_stages_run_in_order_of_the_upgrade(node: Path) -> None:
     assert _upgrade(node, "--source", "file:/src/v2.squashfs") == 0
     for stage in ("before-upgrade", "after-upgrade-chroot", "after-upgrade"):
         assert (node / f"oem/ran-{stage}").read_text() == "yes", stage
+
+
+def test_recovery_upgrade_replaces_only_recovery(node: Path) -> None:
+    recovery = node / "run/cos/recovery/cOS"
+    recovery.mkdir(parents=True)
+    _image(_tree(node.parent / "tr", "r1"), recovery / "recovery.img")
+    active = (_cos(node) / "active.img").read_bytes()
+    passive = (_cos(node) / "passive.img").read_bytes()
+    assert _upgrade(node, "--recovery", "--source", "file:/src/v2.squashfs") == 0
+    assert _version_of(recovery / "recovery.img") == "v2"
+    assert sorted(p.name for p in recovery.iterdir()) == ["recovery.img"]
+    assert (_cos(node) / "active.img").read_bytes() == active
+    assert (_cos(node) / "passive.img").read_bytes() == passive
+    assert assessment.read(node / STATE).phase is assessment.Phase.NONE  # no trial for it

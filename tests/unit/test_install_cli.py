@@ -230,6 +230,37 @@ def test_copy_image_progress(tmp_path: Path) -> None:
     assert not list((tmp_path / "sub").glob(".*"))
 
 
+@pytest.mark.parametrize("broken", [("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_copy_image_falls_back_across_filesystems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...]
+) -> None:
+    """copy_file_range fails with EXDEV between filesystems; sendfile, then read/write, copy."""
+    import errno
+    import os
+
+    used: list[str] = []
+    for name in ("copy_file_range", "sendfile"):
+        real = getattr(os, name)
+
+        def fake(*args: object, _name: str = name, _real: object = real) -> int:
+            used.append(_name)
+            if _name in broken:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return _real(*args)  # type: ignore[operator,no-any-return]
+
+        monkeypatch.setattr(os, name, fake)
+    src = tmp_path / "a"
+    src.write_bytes(bytes(range(256)) * (inst.COPY_CHUNK // 128 + 3))
+    inst.copy_image(src, tmp_path / "b", Progress(quiet=True))
+    assert (tmp_path / "b").read_bytes() == src.read_bytes()
+    # Each way is tried once; the first that works copies everything.
+    assert used.count("copy_file_range") == 1
+    if "sendfile" in broken:
+        assert used.count("sendfile") == 1
+    else:
+        assert used.count("sendfile") == 4  # three chunks and the end
+
+
 def test_power_action(recorded_commands: list[tuple[str, ...]]) -> None:
     inst.power_action(ip.Power.NONE)
     assert recorded_commands == []

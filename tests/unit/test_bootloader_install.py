@@ -150,6 +150,32 @@ def test_install_efi_only_leaves_the_disk_alone(
     assert disk.read_bytes() == before
 
 
+def test_a_failed_core_image_fails_the_install_after_the_other_jobs_end(
+    tmp_path: Path, image_root: Path, disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs run side by side; one failure is raised once the others are done."""
+    import kairos.run
+
+    def fake(argv: Sequence[str], **kw: Any) -> tuple[int, bytes, bytes]:
+        target = argv[list(argv).index("-O") + 1]
+        if target == "i386-pc":
+            return 1, b"", b"grub-mkimage: error: cannot compress the kernel image."
+        Path(argv[list(argv).index("-o") + 1]).write_bytes(b"x86_64-efi-image")
+        return 0, b"", b""
+
+    monkeypatch.setattr(kairos.run, "_spawn", fake)
+    before = disk.read_bytes()
+    esp, state = tmp_path / "esp", tmp_path / "state"
+    esp.mkdir()
+    state.mkdir()
+    with pytest.raises(KairosError, match="cannot compress the kernel image"):
+        install_grub(disk, esp, state, image_root, firmware=Firmware.BOTH)
+    assert disk.read_bytes() == before  # no BIOS boot code embedded
+    # The other jobs were not cut off half-way.
+    assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == b"x86_64-efi-image"
+    assert (state / "grub2/i386-pc/linux.mod").is_file()
+
+
 def test_branding_menu_is_copied_to_state(
     tmp_path: Path, image_root: Path, disk: Path, mkimage: list[tuple[str, ...]]
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,7 +99,9 @@ def run_phase(phase: str, cmdline: Cmdline, log: BootLog) -> int:
         else:
             phase_layout(cmdline, log)
     except StepFailed as failed:
-        reboot = cmdline.has("rd.immucore.rebootonfailure")
+        # A boot on trial after an upgrade must never sit at a banner: rebooting lets GRUB
+        # count the try and fall back.
+        reboot = cmdline.has("rd.immucore.rebootonfailure") or on_trial(cmdline)
         show(banner(failed.step, failed.error, str(log.path), reboot=reboot))
         if reboot:
             # Time for a person at the console to read the banner.
@@ -162,6 +165,75 @@ def phase_layout(cmdline: Cmdline, log: BootLog, sysroot: str = SYSROOT) -> None
         from kairos.immucore.live import run_initramfs_stage
 
         run_initramfs_stage(Path(sysroot))
+    with log.step("init"):
+        check_init(Path(sysroot), cmdline.value("init"))
+    if on_trial(cmdline):
+        with log.step("trial boot timeout"):
+            write_trial_timeout(Path(sysroot))
+
+
+TRIAL_WORD = "kairos.assessment"
+# A trial boot that has not reached multi-user.target by then is a failed boot (a hang):
+# systemd reboots and GRUB counts the try. Generous: emulated machines take minutes.
+TRIAL_BOOT_TIMEOUT = 900
+TRIAL_DROPIN = "/run/systemd/system/multi-user.target.d/50-kairos-boot-assessment.conf"
+
+
+def on_trial(cmdline: Cmdline) -> bool:
+    return cmdline.value(TRIAL_WORD) is not None or cmdline.has(TRIAL_WORD)
+
+
+def _resolve_in(root: Path, path: str) -> Path | None:
+    """`path` inside `root`, each component's symlinks followed within `root` (as the
+    kernel would after the switch-root); None when it does not exist."""
+    parts = deque(Path(path).parts[1:])
+    cur = "/"
+    hops = 0
+    while parts:
+        name = parts.popleft()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur.rstrip("/")) or "/"
+            continue
+        cand = os.path.join(cur, name)
+        host = root / cand.lstrip("/")
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(host)
+            if target.startswith("/"):
+                cur = "/"
+                parts = deque(Path(target).parts[1:]) + parts
+            else:
+                parts = deque(Path(target).parts) + parts
+        else:
+            cur = cand
+    found = root / cur.lstrip("/")
+    return found if found.exists() else None
+
+
+def check_init(sysroot: Path, init: str | None) -> None:
+    """The new root must have the init the switch-root will run; systemd would otherwise
+    fall back to a shell as PID 1 and the boot would hang there, never failing."""
+    wanted = init or "/sbin/init"
+    found = _resolve_in(sysroot, wanted)
+    if found is None or not found.is_file() or not os.access(found, os.X_OK):
+        raise KairosError(
+            f"{wanted}: no executable init in the new root.",
+            hint="the system image is broken; boot fallback or recovery",
+        )
+
+
+def write_trial_timeout(sysroot: Path) -> None:
+    del sysroot  # /run moves with the switch-root; the unit dir is the runtime one
+    path = Path(TRIAL_DROPIN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by immucore for a boot on trial after an upgrade.\n"
+        f"[Unit]\nJobTimeoutSec={TRIAL_BOOT_TIMEOUT}\nJobTimeoutAction=reboot-force\n"
+    )
 
 
 def apply_mounts(plan: LayoutPlan, log: BootLog) -> tuple[Mount, ...]:

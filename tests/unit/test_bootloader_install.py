@@ -123,6 +123,7 @@ def test_install_both(
     assert (state / "grub_oem_env").stat().st_size == 1024
     assert (state / "grubcustom").read_text().startswith("#")
     assert (state / "grubmenu").read_text().startswith("#")
+    assert grubenv.read(state / "boot_assessment") == {}  # no system on trial
     # modules beside the menu, for insmod from custom menus
     assert (state / "grub2/i386-pc/linux.mod").is_file()
     assert sorted(p.name for p in (state / "grub2/x86_64-efi").iterdir()) == [

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from kairos.bootloader import grubcfg, grubenv
+from kairos.bootloader import assessment, grubcfg, grubenv
 from kairos.bootloader.embed import BIOS_BOOT_GUID, GptPartition, embed_bios_grub, read_gpt
 from kairos.context import Context
 from kairos.errors import KairosError
@@ -174,8 +174,9 @@ def _wanted(firmware: Firmware) -> list[str]:
 
 def write_menu(state_dir: Path, image_root: Path, menu: grubcfg.MenuSettings) -> Path:
     """`grub2/grub.cfg` on COS_STATE, the image's branding menu as `/grubmenu`, and empty
-    `/grub_oem_env`, `/grubcustom`, `/grubmenu` when absent: the menu looks them up with
-    `search --file` at every boot, and GRUB prints an error for each one it cannot find."""
+    `/grub_oem_env`, `/grubcustom`, `/grubmenu`, `/boot_assessment` when absent: the menu
+    looks them up with `search --file` at every boot, and GRUB prints an error for each one
+    it cannot find."""
     path = state_dir / grubcfg.CFG_PATH.lstrip("/")
     write_atomic(path, grubcfg.render_menu(menu).encode())
     branding = image_root / BRANDING_MENU
@@ -190,6 +191,10 @@ def write_menu(state_dir: Path, image_root: Path, menu: grubcfg.MenuSettings) ->
     oem_env = state_dir / grubcfg.OEM_ENV_FILE.lstrip("/")
     if not oem_env.exists():
         grubenv.write(oem_env, {})
+    # The boot assessment block the menu searches for; empty means no system on trial.
+    trial = assessment.path_in(state_dir)
+    if not trial.exists():
+        grubenv.write(trial, {})
     log.info("wrote the GRUB menu %s", path)
     return path
 

@@ -15,9 +15,8 @@ template rendered; files written under /etc, /var/lib/rancher, /home, /root and 
 `bootentry --select fallback` + reboot boots passive (the /etc file gone, the rest kept),
 `--select recovery` + reboot boots recovery, and the next reboot is active again (one-shot).
 
-`test_host_installed_disk_boots`: the same install run on the host onto a loop device over a
-raw file (the ISO's root as `--source dir:`), then that disk booted: the installer, GRUB and
-immucore end to end without depending on the live boot.
+A disk installed on the host from the ISO's root (`--source dir:`) is booted by
+tests/vm/test_upgrade.py, which starts from one.
 Serial logs: tests/vm/logs/test_*install*.serial.log.
 """
 
@@ -35,8 +34,6 @@ import pytest
 
 from kairos.vm.qemu import LOGIN_PROMPT, Firmware, Machine
 from tests.vm.conftest import TIMINGS, Built
-
-HOST_DISK_GIB = 6
 
 pytestmark = pytest.mark.vm
 
@@ -261,46 +258,3 @@ def _auto_install_story(auto: AutoIso, start_vm: Callable[..., Machine]) -> None
     assert "cos-img/filename=/cOS/active.img" in _out(vm, "cat /proc/cmdline")
     assert json.loads(_out(vm, "sudo kairos-agent bootentry --json"))["next_entry"] == ""
     assert _out(vm, LIST_MARKERS).split() == list(MARKERS[1:])
-
-
-@pytest.fixture(scope="module")
-def host_installed_disk(kairos_build: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A raw disk file installed on the host from the ISO's own root."""
-    from kairos.cli import main
-    from kairos.disk import loop
-    from kairos.run import run
-
-    work = tmp_path_factory.mktemp("host-install")
-    live = work / "live.squashfs"
-    run(["xorriso", "-osirrox", "on", "-indev", str(kairos_build.iso),
-         "-extract", "/rootfs.squashfs", str(live)])  # fmt: skip
-    node = work / "node"
-    (node / "srv").mkdir(parents=True)
-    run(["unsquashfs", "-q", "-n", "-d", str(node / "srv/root"), str(live)])
-    live.unlink()
-    config = work / "install.yaml"
-    config.write_text(INSTALL_CONFIG.replace("  reboot: true\n", ""))
-    disk = work / "disk.raw"
-    with disk.open("wb") as fh:
-        fh.truncate(HOST_DISK_GIB << 30)
-    start = time.monotonic()
-    with loop.attached(disk, partscan=True) as device:
-        code = main(["--root", str(node), "manual-install", str(config),
-                     "--device", str(device), "--source", "dir:/srv/root"])  # fmt: skip
-    assert code == 0
-    TIMINGS.append(("host install of the ISO root (repacked to gzip)", time.monotonic() - start))
-    run(["rm", "-rf", "--one-file-system", str(node)])
-    return disk
-
-
-# UEFI only: BIOS boots of an installed disk are test_install_and_boot_from_disk[bios]'s, and
-# each TCG boot costs minutes; this one adds the host-side install (`dir:` source, repacked).
-@pytest.mark.parametrize("firmware", [Firmware.UEFI])
-def test_host_installed_disk_boots(
-    host_installed_disk: Path, start_vm: Callable[..., Machine], firmware: Firmware
-) -> None:
-    vm = start_vm(host_installed_disk, firmware=firmware)
-    vm.wait_for(LOGIN_PROMPT, BOOT_TIMEOUT)
-    TIMINGS.append((f"installed disk ({firmware}): QEMU start to login prompt", vm.uptime()))
-    vm.wait_for_ssh(BOOT_TIMEOUT)
-    _check_installed(vm, _out(vm, "cat /proc/cmdline"))

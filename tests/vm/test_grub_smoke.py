@@ -246,3 +246,23 @@ def test_boot_assessment_counts_down_then_falls_back_to_passive_then_recovery(
         assert env["ba_state"] == state_after, env
         assert env["ba_tries"] == "0"
         assert env["ba_version"] == "v9"  # GRUB rewrote only ba_state and ba_tries
+
+
+def test_corrupt_active_and_passive_fall_back_to_recovery(
+    smoke_disk: Callable[..., SmokeDisk], start_vm: Callable[..., Machine]
+) -> None:
+    """Images that exist but are garbage: GRUB's loopback succeeds and the kernel cannot be
+    read, so the fallback entries run in the same GRUB session (each with its own loop
+    device) down to recovery."""
+
+    def corrupt(state: Path) -> None:
+        for name in ("active.img", "passive.img"):
+            (state / "cOS" / name).write_bytes(b"\xff" * (1 << 20))
+
+    disk = smoke_disk({"extra_cmdline": "kairos.grubtest=1"}, state_files=corrupt)
+    vm = start_vm(disk.path, firmware=VMFirmware.BIOS, memory_mib=512, cpus=1)
+    vm.wait_for(r"Falling back to .Kairos recovery", timeout=300)
+    words = vm.wait_for(CMDLINE_RE, timeout=300).group("cmdline").split()
+    TIMINGS.append(("bios corrupt images: firmware + GRUB to recovery kernel", vm.uptime()))
+    _expect_entry(words, "COS_SYSTEM", "/cOS/recovery.img", None)
+    assert "BOOT_IMAGE=(loop2)/boot/vmlinuz" in words

@@ -121,17 +121,21 @@ def cmdline_words(entry: Entry) -> list[str]:
     ]
 
 
-def _entry_block(entry: Entry) -> list[str]:
+def _entry_block(entry: Entry, n: int = 0) -> list[str]:
+    # One loop device name per entry: when an entry fails (a corrupt image), GRUB's fallback
+    # runs the next one in the same session, where `loopback loop0` would fail with "device
+    # name already exists" and leave loop0 on the broken image.
     var = f"{entry.id}_blk"
+    loop = f"loop{n}"
     return [
         f'menuentry "{entry.title}" --id {entry.id} {{',
         f"    search --no-floppy --label --set={var} {entry.search_label}",
-        f'    loopback loop0 "(${{{var}}}){entry.image}"',
-        "    set root=(loop0)",
+        f'    loopback {loop} "(${{{var}}}){entry.image}"',
+        f"    set root=({loop})",
         "    echo Loading kernel...",
-        f"    linux (loop0)/boot/vmlinuz {' '.join(cmdline_words(entry))}",
+        f"    linux ({loop})/boot/vmlinuz {' '.join(cmdline_words(entry))}",
         "    echo Loading initrd...",
-        "    initrd (loop0)/boot/initrd",
+        f"    initrd ({loop})/boot/initrd",
         "}",
     ]
 
@@ -192,8 +196,8 @@ def render_menu(settings: MenuSettings = DEFAULT_MENU) -> str:
         *_source_if_found(CUSTOM_FILE, "custom_blk"),
         "",
     ]
-    for entry in s.entries:
-        lines += _entry_block(entry)
+    for n, entry in enumerate(s.entries):
+        lines += _entry_block(entry, n)
     lines += ["", *_source_if_found(MENU_FILE, "menu_blk")]
     return "\n".join(lines) + "\n"
 

@@ -37,37 +37,41 @@ def test_mypy_strict(allow_commands: None) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def imported_modules(tree: ast.AST) -> list[str]:
+    """Every absolute import of a module tree, as module names."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from kairos.image import oci` names the module kairos.image.oci
+            if node.module == "kairos.image":
+                names += [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                names.append(node.module)
+    return names
+
+
 @pytest.mark.parametrize("part", NODE_PARTS)
 def test_node_side_imports_only_stdlib_and_yaml(part: str) -> None:
     """Node-side code runs in the image and initramfs: standard library plus PyYAML only."""
     bad = []
     for f in sorted((PKG / part).rglob("*.py")):
         tree = ast.parse(f.read_text(), str(f))
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                # `from kairos.image import oci` names the module kairos.image.oci
-                names = (
-                    [f"{node.module}.{a.name}" for a in node.names]
-                    if node.module == "kairos.image"
-                    else [node.module]
-                )
-            for name in names:
-                top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in NODE_ALLOWED_THIRD_PARTY:
+        for name in imported_modules(tree):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in NODE_ALLOWED_THIRD_PARTY:
+                continue
+            if top == "kairos":
+                sub = name.split(".")[1] if "." in name else ""
+                # The OCI reader and the safe layer applier are standard library only
+                # (checked below): upgrades unpack ocifile: sources on the node.
+                if name in NODE_SHARED_IMAGE_MODULES:
                     continue
-                if top == "kairos":
-                    sub = name.split(".")[1] if "." in name else ""
-                    # The OCI reader and the safe layer applier are standard library only
-                    # (checked below): upgrades unpack ocifile: sources on the node.
-                    if name in NODE_SHARED_IMAGE_MODULES:
-                        continue
-                    if sub in ("build", "image", "vm"):
-                        bad.append(f"{f.relative_to(REPO)}: imports build-side {name}")
-                    continue
-                bad.append(f"{f.relative_to(REPO)}: imports {name}")
+                if sub in ("build", "image", "vm"):
+                    bad.append(f"{f.relative_to(REPO)}: imports build-side {name}")
+                continue
+            bad.append(f"{f.relative_to(REPO)}: imports {name}")
     assert not bad, "\n".join(bad)
 
 
@@ -75,24 +79,13 @@ def test_image_modules_used_on_the_node_import_only_node_code() -> None:
     bad = []
     for name in NODE_SHARED_IMAGE_MODULES:
         f = PKG / (name.removeprefix("kairos.").replace(".", "/") + ".py")
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                # `from kairos.image import oci` names the module kairos.image.oci
-                names = (
-                    [f"{node.module}.{a.name}" for a in node.names]
-                    if node.module == "kairos.image"
-                    else [node.module]
-                )
-            for imported in names:
-                top = imported.split(".")[0]
-                if top in sys.stdlib_module_names or imported in NODE_SHARED_IMAGE_MODULES:
-                    continue
-                if imported in ("kairos.errors", "kairos.log", "kairos.run"):
-                    continue
-                if imported == "kairos.image.debian":
-                    continue  # only for debian: sources, which the node never uses
-                bad.append(f"{f.relative_to(REPO)}: imports {imported}")
+        for imported in imported_modules(ast.parse(f.read_text(), str(f))):
+            top = imported.split(".")[0]
+            if top in sys.stdlib_module_names or imported in NODE_SHARED_IMAGE_MODULES:
+                continue
+            if imported in ("kairos.errors", "kairos.log", "kairos.run"):
+                continue
+            if imported == "kairos.image.debian":
+                continue  # only for debian: sources, which the node never uses
+            bad.append(f"{f.relative_to(REPO)}: imports {imported}")
     assert not bad, "\n".join(bad)

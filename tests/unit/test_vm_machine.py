@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos.vm.qemu import Accel, Machine, MachineSpec, VMError
+from kairos.vm.qemu import LOGIN_PROMPT, Accel, Machine, MachineSpec, VMError
 
 
 class FakeProc:
@@ -52,6 +52,18 @@ def test_wait_for_matches_in_order_and_moves_past_each_match(machine: Machine) -
         machine.wait_for(r"login: ?$", timeout=1)
     _append(machine, b"\r\nkairos login: ")
     assert machine.wait_for(r"login: ?$", timeout=1)
+
+
+def test_login_prompt_is_found_with_a_kernel_message_on_its_line(machine: Machine) -> None:
+    _append(
+        machine,
+        b"Debian GNU/Linux 12 vm ttyS0\r\n\r\nvm login: [  183.28] EXT4-fs (vda5): re-mounted.\r\n",
+    )
+    assert machine.wait_for(LOGIN_PROMPT, timeout=1)
+    # The "login:" inside a message is no prompt.
+    _append(machine, b"[  190.1] systemd-logind: New session, last login: never\r\n")
+    with pytest.raises(VMError, match="did not appear"):
+        machine.wait_for(LOGIN_PROMPT, timeout=1)
 
 
 def test_wait_for_sees_text_that_arrives_later(machine: Machine) -> None:

@@ -384,11 +384,6 @@ def test_power_cut_during_first_boot_of_new_image(node: Node) -> None:
     assert state["boot_assessment"]["state"] == "none"
 
 
-@pytest.mark.skip(
-    reason="not yet run end to end: the recovery boot after both images are corrupt is shown "
-    "by test_grub_smoke (corrupt images fall back to recovery) and reset by "
-    "tests/integration/test_reset.py; this VM chain has not completed once"
-)
 def test_both_images_corrupt_boots_recovery_and_reset_restores(node: Node) -> None:
     n = node
     n.out("sudo mount -o remount,rw /run/initramfs/cos-state")

@@ -30,7 +30,9 @@ from kairos.run import Result, require_tools, run
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-LOGIN_PROMPT = r"login: ?$"
+# getty's prompt: "<hostname> login: " at the start of a line. Not anchored at the line's end:
+# a kernel message printed right after the prompt lands on the same line.
+LOGIN_PROMPT = r"^[\w.-]+ login: "
 _PR_SET_PDEATHSIG = 1
 # Console lines after which a boot cannot come up on its own.
 BOOT_FAILURE = (

@@ -81,20 +81,60 @@ def test_live_boot_skips_stage_when_sysroot_never_mounts(
     assert recorded_commands == []  # no chroot into something that is not a mounted root
 
 
-def test_initramfs_stage_binds_then_releases(
+def test_initramfs_stage_runs_in_process_on_the_sysroot(
     tmp_path: Path, recorded_commands: list[tuple[str, ...]]
 ) -> None:
     from kairos.immucore.live import run_initramfs_stage
 
     sysroot = tmp_path / "sysroot"
-    for d in ("dev", "proc", "sys", "run", "usr/bin"):
+    for d in ("dev", "proc", "sys", "run", "etc/systemd/system", "system/oem"):
         (sysroot / d).mkdir(parents=True)
-    (sysroot / "usr/bin/kairos-agent").write_text("#!/bin/sh\n")
-    run_initramfs_stage(sysroot)
+    (sysroot / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (sysroot / "etc/group").write_text("root:x:0:\n")
+    (sysroot / "system/oem/10_test.yaml").write_text(
+        "stages:\n"
+        "  initramfs:\n"
+        "    - name: files and a command\n"
+        "      files:\n"
+        "        - path: /etc/marker\n"
+        "          content: in the new root\n"
+        "          permissions: 0644\n"
+        "      commands: [touch /etc/from-command]\n"
+        "  boot:\n"
+        "    - files: [{path: /etc/not-now, content: x}]\n"
+    )
+    lines = run_initramfs_stage(sysroot)
+    assert lines == ["initramfs stage: 1 steps run, 0 skipped, 0 errors"]
+    # Files land in the sysroot, not in the initramfs's own root; the command runs chrooted.
+    assert (sysroot / "etc/marker").read_text() == "in the new root"
+    assert not (sysroot / "etc/not-now").exists()
     mounts = [c for c in recorded_commands if c[0] == "mount"]
     chroot = [c for c in recorded_commands if c[0] == "chroot"]
     umounts = [c for c in recorded_commands if c[0] == "umount"]
     assert [m[-1] for m in mounts] == [str(sysroot / d) for d in ("dev", "proc", "sys", "run")]
-    assert chroot == [("chroot", str(sysroot), "/usr/bin/kairos-agent", "run-stage", "initramfs")]
+    assert len(chroot) == 1 and chroot[0][1] == str(sysroot)
+    assert "touch /etc/from-command" in chroot[0]
     assert [u[-1] for u in umounts] == [str(sysroot / d) for d in ("run", "sys", "proc", "dev")]
+    assert recorded_commands.index(mounts[-1]) < recorded_commands.index(chroot[0])
     assert recorded_commands.index(chroot[0]) < recorded_commands.index(umounts[0])
+
+
+def test_initramfs_stage_reports_step_errors_and_goes_on(
+    tmp_path: Path, recorded_commands: list[tuple[str, ...]]
+) -> None:
+    from kairos.immucore.live import run_initramfs_stage
+
+    sysroot = tmp_path / "sysroot"
+    (sysroot / "system/oem").mkdir(parents=True)
+    (sysroot / "system/oem/10_test.yaml").write_text(
+        "stages:\n"
+        "  initramfs:\n"
+        "    - name: bad owner\n"
+        "      files: [{path: /etc/x, content: x, owner_string: nosuchuser}]\n"
+        "    - name: good\n"
+        "      files: [{path: /etc/y, content: y}]\n"
+    )
+    lines = run_initramfs_stage(sysroot)
+    assert lines[0].endswith("1 errors"), lines
+    assert "nosuchuser" in lines[1]
+    assert (sysroot / "etc/y").read_text() == "y"

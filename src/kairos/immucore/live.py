@@ -25,13 +25,16 @@ def write_sentinels(cmdline: Cmdline, run_dir: Path) -> tuple[Path, ...]:
     return tuple(written)
 
 
-def run_initramfs_stage(sysroot: Path) -> None:
-    """`kairos-agent run-stage initramfs` chrooted into the new root, with the API
-    filesystems bound in (users, ssh-keygen and systemctl need them) and released after."""
-    agent = sysroot / "usr/bin/kairos-agent"
-    if not agent.exists():
-        print(f"immucore: {agent} missing, initramfs stage skipped", flush=True)
-        return
+def run_initramfs_stage(sysroot: Path) -> list[str]:
+    """The `initramfs` stage for the new root, in this process: files, users and units are
+    written under `sysroot`; `commands` and `if` run chrooted into it, with the API
+    filesystems bound in (released after). Same result as `chroot SYSROOT kairos-agent
+    run-stage initramfs`, without starting a second Python from the new root (20-40 s
+    under emulation). Returns the lines to log: a summary, then each step error (step errors
+    do not stop a boot, as upstream)."""
+    from kairos.context import Context
+    from kairos.stages import loader, runner
+
     with ExitStack() as stack:
         for name in _BINDS:
             target = sysroot / name
@@ -39,11 +42,14 @@ def run_initramfs_stage(sysroot: Path) -> None:
                 continue
             run(["mount", "--bind", f"/{name}", str(target)])
             stack.callback(run, ["umount", "-l", str(target)], check=False)
-        run(
-            ["chroot", str(sysroot), "/usr/bin/kairos-agent", "run-stage", "initramfs"],
-            capture=False,
-            env={"KAIROS_IMMUCORE": "1"},
-        )
+        ctx = Context(sysroot, booting=True)
+        files = loader.load_sources(ctx, loader.stage_paths())
+        report = runner.run_stage(ctx, "initramfs", files)
+    summary = (
+        f"initramfs stage: {len(report.ran)} steps run, {len(report.skipped)} skipped, "
+        f"{len(report.errors)} errors"
+    )
+    return [summary, *(f"initramfs stage error: {error}" for error in report.errors)]
 
 
 def wait_for_sysroot(sysroot: Path, seconds: float) -> bool:
@@ -73,7 +79,8 @@ def run_live(cmdline: Cmdline, run_dir: Path, sysroot: Path, *, stage: bool = Tr
         print(f"immucore: {sysroot} not mounted, initramfs stage skipped", flush=True)
         return 0
     try:
-        run_initramfs_stage(sysroot)
+        for line in run_initramfs_stage(sysroot):
+            print(f"immucore: {line}", flush=True)
     except KairosError as exc:
         # A broken stage must not stop live media from booting: report and go on.
         print(f"immucore: initramfs stage failed: {exc}", flush=True)

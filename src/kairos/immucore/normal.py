@@ -164,7 +164,8 @@ def phase_layout(cmdline: Cmdline, log: BootLog, sysroot: str = SYSROOT) -> None
     with log.step("initramfs stage"):
         from kairos.immucore.live import run_initramfs_stage
 
-        run_initramfs_stage(Path(sysroot))
+        for line in run_initramfs_stage(Path(sysroot)):
+            log.line(line)
     with log.step("init"):
         check_init(Path(sysroot), cmdline.value("init"))
     if on_trial(cmdline):

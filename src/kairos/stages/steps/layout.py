@@ -136,7 +136,7 @@ def apply(step: Step, ctx: Context) -> None:
     layout = step.layout
     if layout is None:
         return
-    if not ctx.is_host_root:
+    if not ctx.owns_kernel:
         raise KairosError(
             f"{step.where}: layout changes real disks; refused under --root {ctx.root}.",
             hint="run it on the node itself (or in a VM)",

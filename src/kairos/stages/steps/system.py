@@ -10,12 +10,13 @@ import configparser
 import io
 import logging
 import socket
+from pathlib import Path
 
 from kairos.context import Context
 from kairos.errors import KairosError
 from kairos.run import run
 from kairos.stages.model import Step
-from kairos.stages.paths import read_text, rooted, write_atomic
+from kairos.stages.paths import read_text, write_atomic
 
 log = logging.getLogger("kairos.stages")
 
@@ -42,7 +43,7 @@ def apply_hostname(step: Step, ctx: Context) -> None:
     if not any(ln.split()[:1] == ["127.0.0.1"] for ln in hosts):
         hosts.insert(0, f"127.0.0.1\tlocalhost {name}")
     write_atomic(ctx, "/etc/hosts", ("\n".join(hosts) + "\n").encode())
-    if ctx.is_host_root:
+    if ctx.owns_kernel:
         socket.sethostname(name)
 
 
@@ -60,9 +61,9 @@ def apply_sysctl(step: Step, ctx: Context) -> None:
     values.update(step.sysctl)
     body = "".join(f"{k} = {v}\n" for k, v in values.items())
     write_atomic(ctx, SYSCTL_FILE, body.encode())
-    if ctx.is_host_root:
+    if ctx.owns_kernel:
         for key, value in step.sysctl.items():
-            proc = rooted(ctx, "/proc/sys/" + key.replace(".", "/"))
+            proc = Path("/proc/sys", *key.split("."))
             try:
                 proc.write_text(f"{value}\n")
             except OSError as exc:
@@ -73,9 +74,11 @@ def apply_modules(step: Step, ctx: Context) -> None:
     current = [ln.strip() for ln in read_text(ctx, MODULES_FILE).splitlines() if ln.strip()]
     wanted = current + [m for m in step.modules if m not in current]
     write_atomic(ctx, MODULES_FILE, ("\n".join(wanted) + "\n").encode())
-    if ctx.is_host_root:
+    if ctx.owns_kernel:
+        # While booting, the root's modprobe: its /lib/modules has every module.
+        prefix = ["chroot", str(ctx.root)] if ctx.booting and not ctx.is_host_root else []
         for module in step.modules:
-            run(["modprobe", module])
+            run([*prefix, "modprobe", module])
 
 
 def apply_timesyncd(step: Step, ctx: Context) -> None:
@@ -124,6 +127,11 @@ def apply_firstboot(step: Step, ctx: Context) -> None:
     for key, value in sorted(step.systemd_firstboot.items()):
         flag = "--" + key.lower().replace("_", "-")
         args.append(flag if value.lower() == "true" else f"{flag}={value}")
-    # --root rather than chroot: the tool reads /proc, which a bare chroot lacks.
-    root = [] if ctx.is_host_root else [f"--root={ctx.root}"]
-    run(["systemd-firstboot", *root, *args])
+    if ctx.is_host_root:
+        run(["systemd-firstboot", *args])
+    elif ctx.booting:
+        # The initramfs has no systemd-firstboot of its own; the root's, with /proc bound in.
+        run(["chroot", str(ctx.root), "systemd-firstboot", *args])
+    else:
+        # --root rather than chroot: the tool reads /proc, which a bare chroot lacks.
+        run(["systemd-firstboot", f"--root={ctx.root}", *args])

@@ -145,6 +145,31 @@ def test_reboot_on_failure(
     assert slept == [10]
 
 
+def test_failed_trial_boot_keeps_its_reason_then_reboots(
+    tmp_path: Path, recorded_commands: list[tuple[str, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kairos.bootloader import assessment
+
+    state = tmp_path / "cos-state"
+    state.mkdir()
+    assessment.arm(state, "v3", "v2", tries=2)
+    monkeypatch.setattr(normal, "STATE_MOUNT", str(state))
+    monkeypatch.setattr(normal.os.path, "ismount", lambda p: str(p) == str(state))
+    monkeypatch.setattr(normal.time, "sleep", lambda s: None)
+    log = normal.BootLog(tmp_path / "immucore.log")
+    cmdline = Cmdline.parse("root=LABEL=COS_ACTIVE kairos.assessment=trying")
+    assert normal.run_phase("root", cmdline, log) == 1
+    log.close()
+    assert recorded_commands == [
+        ("mount", "-o", "remount,rw", str(state)),
+        ("mount", "-o", "remount,ro", str(state)),
+        ("systemctl", "--force", "reboot"),
+    ]
+    reason = assessment.read(state).reason
+    assert reason.startswith("v3 failed to boot: initramfs step 'plan':"), reason
+    assert "reason kept" in (tmp_path / "immucore.log").read_text()
+
+
 def test_log_lines_are_stamped(tmp_path: Path) -> None:
     log = normal.BootLog(tmp_path / "immucore.log")
     with log.step("one"):

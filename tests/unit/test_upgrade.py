@@ -186,6 +186,19 @@ def test_fallback_without_a_report_explains_why(tmp_path: Path) -> None:
     assert "did not reach the health point in 2 tries" in a.reason
 
 
+def test_initramfs_failure_reason_survives_into_the_fallback_report(tmp_path: Path) -> None:
+    ba.arm(tmp_path, "v3", "v2", tries=2)
+    grubenv.update(tmp_path / "boot_assessment", {"ba_tries": "1"})  # GRUB spent a try
+    a = ba.note_boot_failure(tmp_path, "initramfs step 'init': no executable init")
+    assert (a.phase, a.tries) == (ba.Phase.TRYING, 1)
+    assert a.reason == "v3 failed to boot: initramfs step 'init': no executable init"
+    grubenv.update(tmp_path / "boot_assessment", {"ba_state": "failed", "ba_tries": "1"})
+    a = ba.record_good(tmp_path, "v2")
+    assert a.phase is ba.Phase.FELLBACK and "no executable init" in a.reason
+    # Passive on trial, or nothing on trial: there is no new system to blame, nothing written.
+    assert ba.note_boot_failure(tmp_path, "other").reason == a.reason
+
+
 def test_no_trial_means_nothing_to_record(tmp_path: Path) -> None:
     assert ba.record_good(tmp_path, "v1").phase is ba.Phase.NONE
     assert ba.record_failure(tmp_path, "x").phase is ba.Phase.NONE

@@ -300,34 +300,6 @@ def pack_tree(src: Path, dst: Path, excluded: Sequence[str]) -> None:
     fsync_file(dst)
 
 
-_FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
-_FITHAW = 0xC0045878  # _IOWR('X', 120, int)
-
-
-def checkpoint(part: Path) -> None:
-    """Write the journal of the partition's file system back to its final place.
-
-    GRUB reads ext4 without replaying the journal: after a power cut it would see the
-    state before the last committed renames while Linux (which replays it) sees the state
-    after, and the kernel GRUB loads could come from another image than the root immucore
-    mounts. A freeze checkpoints the journal (jbd2 flush); the thaw follows at once.
-    Only on a mount point of its own: never on a directory of some other file system.
-    """
-    import fcntl
-
-    if not mount.is_mountpoint(part):
-        return
-    fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.ioctl(fd, _FIFREEZE, 0)
-        fcntl.ioctl(fd, _FITHAW, 0)
-    except OSError as exc:
-        log.warning("%s: cannot checkpoint the journal (%s); GRUB may see older state "
-                    "after a power cut until the next clean mount", part, exc)  # fmt: skip
-    finally:
-        os.close(fd)
-
-
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -358,7 +330,7 @@ def switch_slots(plan: up.UpgradePlan, part: Path) -> None:
     else:
         os.rename(transition, active)
     fsync_dir(active.parent)
-    checkpoint(part)
+    mount.checkpoint(part)
     pause_point("rotate")
     if transition.exists():
         if plan.rotate_to:
@@ -366,7 +338,7 @@ def switch_slots(plan: up.UpgradePlan, part: Path) -> None:
         else:
             transition.unlink()
         fsync_dir(active.parent)
-        checkpoint(part)
+        mount.checkpoint(part)
 
 
 def clean_slot(plan: up.UpgradePlan, part: Path) -> None:
@@ -504,12 +476,12 @@ def execute(ctx: Context, plan: up.UpgradePlan, stack: ExitStack, progress: Prog
         if plan.target is up.Target.ACTIVE:
             state_dir = part
             assessment.arm(state_dir, plan.source.version, plan.running_version, plan.options.tries)
-            checkpoint(part)
+            mount.checkpoint(part)
         pause_point("switch")
         if plan.target is up.Target.RECOVERY:
             os.replace(transition, part / RECOVERY.file.lstrip("/"))
             fsync_dir(transition.parent)
-            checkpoint(part)
+            mount.checkpoint(part)
         else:
             switch_slots(plan, part)
     with progress.step("after-upgrade"):

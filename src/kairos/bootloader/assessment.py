@@ -189,6 +189,27 @@ def record_failure(state_dir: Path, reason: str) -> Assessment:
     return new
 
 
+def note_boot_failure(state_dir: Path, what: str) -> Assessment:
+    """Why a trial boot of the new active system failed before the health point (immucore
+    found no init, could not mount the image...). The try is already spent (GRUB counted it
+    down); only the reason is kept, for the report after the fallback."""
+    a = read(state_dir)
+    if a.phase is not Phase.TRYING:
+        return a
+    new = Assessment(
+        phase=a.phase,
+        tries=a.tries,
+        fallback_tries=a.fallback_tries,
+        version=a.version,
+        previous=a.previous,
+        reason=f"{a.version or 'the new system'} failed to boot: {what}",
+        armed=a.armed,
+        result=a.result,
+    )
+    _write(state_dir, new)
+    return new
+
+
 def no_report_reason(a: Assessment) -> str:
     return (
         f"{a.version or 'the new system'} did not reach the health point in "

@@ -22,6 +22,7 @@ from kairos.immucore.banner import banner, show
 from kairos.immucore.bootstate import Cmdline
 from kairos.immucore.layout import CUSTOM_LAYOUT_ENV, LAYOUT_ENV, Layout, parse_env
 from kairos.immucore.planner import (
+    STATE_MOUNT,
     STATE_TIMEOUT,
     SYSROOT,
     Kind,
@@ -103,6 +104,8 @@ def run_phase(phase: str, cmdline: Cmdline, log: BootLog) -> int:
         # count the try and fall back.
         reboot = cmdline.has("rd.immucore.rebootonfailure") or on_trial(cmdline)
         show(banner(failed.step, failed.error, str(log.path), reboot=reboot))
+        if cmdline.value(TRIAL_WORD) == "trying":
+            note_trial_failure(f"initramfs step '{failed.step}': {failed.error}", log)
         if reboot:
             # Time for a person at the console to read the banner.
             time.sleep(10)
@@ -178,6 +181,29 @@ TRIAL_WORD = "kairos.assessment"
 # systemd reboots and GRUB counts the try. Generous: emulated machines take minutes.
 TRIAL_BOOT_TIMEOUT = 900
 TRIAL_DROPIN = "/run/systemd/system/multi-user.target.d/50-kairos-boot-assessment.conf"
+
+
+def note_trial_failure(what: str, log: BootLog) -> None:
+    """Keep why the system on trial failed in COS_STATE:/boot_assessment, so the report after
+    the fallback names it. Best effort: nothing here may stop the reboot that follows."""
+    from kairos.bootloader import assessment
+    from kairos.disk.mount import checkpoint
+    from kairos.run import run
+
+    state = Path(STATE_MOUNT)
+    if not os.path.ismount(state):
+        return
+    try:
+        run(["mount", "-o", "remount,rw", str(state)])
+        try:
+            assessment.note_boot_failure(state, what)
+            os.sync()
+            checkpoint(state)  # GRUB reads the block without replaying the journal
+        finally:
+            run(["mount", "-o", "remount,ro", str(state)], check=False)
+        log.line(f"boot assessment: reason kept in {state}{assessment.ENV_FILE}")
+    except (OSError, KairosError) as exc:
+        log.line(f"boot assessment: reason not kept: {exc}")
 
 
 def on_trial(cmdline: Cmdline) -> bool:

@@ -7,7 +7,10 @@ time beyond the plain copy: partitioning, filesystems, GRUB, stages) and the rat
 < 1.3x). The loop device's backing file sits in the host's page cache, so the plain copy runs
 at memory speed and the fixed cost weighs more here than on a real disk.
 
-    python3 bench/install.py [--image IMG.squashfs | --root DIR] [--disk-mib N]
+    python3 bench/install.py [--image IMG.squashfs | --root DIR] [--pad-mib N] [--disk-mib N]
+
+`--pad-mib N` appends N MiB of incompressible data to the image (a real node image carries
+k3s, firmware and tools: 1-2 GiB), to see how the fixed cost weighs at that size.
 
 Without arguments the image is a gzip squashfs of the newest cached bootstrap root, made
 once and kept under /var/cache/kairos-py/bench-install-<hash>/.
@@ -56,6 +59,25 @@ def cached_image(root: Path) -> Path:
     return out
 
 
+def padded_image(image: Path, pad_mib: int) -> Path:
+    """`image` with a /var/lib/bench-pad file of `pad_mib` random MiB appended (cached)."""
+    out = image.with_name(f"{image.stem}-pad{pad_mib}.squashfs")
+    if out.exists():
+        return out
+    print(f"making {out} (once)...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-pad-", dir=out.parent) as tmp:
+        pad = Path(tmp) / "pad"
+        pad.mkdir()
+        run(["dd", "if=/dev/urandom", f"of={pad / 'bench-pad'}", "bs=1M", f"count={pad_mib}",
+             "status=none"])  # fmt: skip
+        part = out.with_suffix(".part")
+        run(["cp", "--sparse=never", str(image), str(part)])
+        # Appending (no -noappend) adds the directory's contents to the image's root.
+        run(["mksquashfs", str(pad), str(part), "-quiet", "-no-progress"])
+        part.rename(out)
+    return out
+
+
 def plain_copy(image: Path, device: Path) -> float:
     """dd the image three times onto the disk (where the three copies would go), flushed."""
     size_mib = image.stat().st_size // (1 << 20) + 1
@@ -70,10 +92,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path)
     parser.add_argument("--root", type=Path)
+    parser.add_argument("--pad-mib", type=int, default=0)
     parser.add_argument("--disk-mib", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     image = args.image or cached_image(args.root or default_root())
+    if args.pad_mib:
+        image = padded_image(image, args.pad_mib)
     img_mib = image.stat().st_size / (1 << 20)
     with tempfile.TemporaryDirectory(prefix="kairos-bench-install-") as tmp, ExitStack() as stack:
         node = Path(tmp) / "node"

@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@bash scripts/test.sh $(PYTEST_ARGS)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -81,19 +81,33 @@ def kairos_build(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """iso + raw built once per session from debian:bookworm with TEST_CLOUD_CONFIG embedded.
 
     KAIROS_VM_BUILD_DIR=DIR builds into DIR and reuses it while DIR holds both artifacts and
-    the same config (for re-running one VM test while debugging).
+    the same config (for re-running one VM test while debugging). KAIROS_VM_SHARED_BUILD=DIR
+    (set by `make test`) does the same under a lock, for two pytest processes at once.
     """
     keep = os.environ.get("KAIROS_VM_BUILD_DIR")
     if keep:
-        out = Path(keep) / "out"
-        config = Path(keep) / "vm-test-config.yaml"
-        iso, raw = out / "kairos.iso", out / "kairos.raw"
-        reusable = iso.exists() and raw.exists() and config.exists()
-        if reusable and config.read_text() == TEST_CLOUD_CONFIG:
-            return Built(out, iso, raw, config, 0.0)
-        out.mkdir(parents=True, exist_ok=True)
-        return _build(out)
+        return _reuse_or_build(Path(keep))
+    shared = os.environ.get("KAIROS_VM_SHARED_BUILD")
+    if shared:
+        # `make test` runs two pytest processes over one fresh directory: the first to get
+        # here builds, the other waits for the lock and reuses the result.
+        import fcntl
+
+        with open(Path(shared) / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _reuse_or_build(Path(shared))
     return _build(tmp_path_factory.mktemp("kairos-build") / "out")
+
+
+def _reuse_or_build(keep: Path) -> Built:
+    out = keep / "out"
+    config = keep / "vm-test-config.yaml"
+    iso, raw = out / "kairos.iso", out / "kairos.raw"
+    reusable = iso.exists() and raw.exists() and config.exists()
+    if reusable and config.read_text() == TEST_CLOUD_CONFIG:
+        return Built(out, iso, raw, config, 0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    return _build(out)
 
 
 def log_path(name: str) -> Path:

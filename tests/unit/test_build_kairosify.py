@@ -63,6 +63,9 @@ def test_kairosify_lays_out_node_files(fake_root: Path) -> None:
     assert (r / "etc/systemd/system/timers.target.wants/cos-setup-reconcile.timer").is_symlink()
     for unit in ("e2scrub_reap.service", "dracut-shutdown.service", "apt-daily.timer"):
         assert os.readlink(r / "etc/systemd/system" / unit) == "/dev/null"
+    # The serial console's getty waits for its device longer than systemd's 90 s default.
+    dropin = r / "etc/systemd/system/dev-ttyS0.device.d/50-kairos-console-timeout.conf"
+    assert dropin.read_text() == "[Unit]\nJobRunningTimeoutSec=5min\n"
     assert os.readlink(r / "boot/vmlinuz") == "vmlinuz-6.1.0-57-amd64"
 
 

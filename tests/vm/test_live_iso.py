@@ -69,6 +69,13 @@ def test_kernel_cmdline_is_the_live_one(live: Machine) -> None:
     assert printed.group(1).split() == words
 
 
+def test_serial_console_waits_for_its_device_beyond_the_default(live: Machine) -> None:
+    # A busy first boot can take over systemd's 90 s to bring up ttyS0; the getty then never
+    # starts and the console shows no login prompt.
+    shown = _out(live, "systemctl show -p JobRunningTimeoutUSec dev-ttyS0.device")
+    assert shown == "JobRunningTimeoutUSec=5min", shown
+
+
 def test_live_mode_sentinel(live: Machine) -> None:
     assert _out(live, "test -e /run/cos/live_mode && echo yes || echo no") == "yes"
     # Only one boot mode is set.

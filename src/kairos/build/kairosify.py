@@ -153,6 +153,13 @@ def install_dracut_module(root: Path) -> None:
     )
 
 
+# Serial consoles a Kairos cmdline names. systemd gives a device 90 s to show up before it
+# gives up on the getty bound to it; a slow or emulated machine busy with its first boot's
+# udev coldplug can take longer, and the console then never gets a login prompt.
+SERIAL_CONSOLES = ("ttyS0", "ttyS1", "ttyAMA0", "hvc0")
+CONSOLE_DEVICE_TIMEOUT = "5min"
+
+
 def install_units(root: Path) -> None:
     unit_dir = root / "usr/lib/systemd/system"
     for name in COS_UNITS:
@@ -163,6 +170,11 @@ def install_units(root: Path) -> None:
             replace_symlink(etc / f"{target}.wants" / unit, f"/usr/lib/systemd/system/{unit}")
     for unit in MASK:
         replace_symlink(etc / unit, "/dev/null")
+    for tty in SERIAL_CONSOLES:
+        replace_file(
+            etc / f"dev-{tty}.device.d/50-kairos-console-timeout.conf",
+            f"[Unit]\nJobRunningTimeoutSec={CONSOLE_DEVICE_TIMEOUT}\n",
+        )
 
 
 def install_system_oem(root: Path) -> tuple[str, ...]:

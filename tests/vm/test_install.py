@@ -70,7 +70,7 @@ def _wait_installed_boot(vm: Machine, timeout: float, unit: str = "kairos-vmtest
     """Poll over SSH until the guest runs from the disk; fail early if the install failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = vm.ssh(f"cat /proc/cmdline; systemctl is-failed {unit}", timeout=30)
+        result = vm.ssh(f"cat /proc/cmdline; systemctl is-failed {unit}", timeout=120)
         lines = result.stdout.splitlines()
         if lines and "COS_ACTIVE" in lines[0]:
             return lines[0]

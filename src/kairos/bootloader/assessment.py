@@ -21,6 +21,7 @@ honoured and does not count as a try.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass
 from enum import StrEnum
@@ -196,16 +197,7 @@ def note_boot_failure(state_dir: Path, what: str) -> Assessment:
     a = read(state_dir)
     if a.phase is not Phase.TRYING:
         return a
-    new = Assessment(
-        phase=a.phase,
-        tries=a.tries,
-        fallback_tries=a.fallback_tries,
-        version=a.version,
-        previous=a.previous,
-        reason=f"{a.version or 'the new system'} failed to boot: {what}",
-        armed=a.armed,
-        result=a.result,
-    )
+    new = dataclasses.replace(a, reason=f"{a.version or 'the new system'} failed to boot: {what}")
     _write(state_dir, new)
     return new
 
